@@ -1,0 +1,45 @@
+# da_pose: two commands on a fresh machine.
+#   make demo   installs everything and runs the main job on the embedded benchmark
+#   make test   installs the dev extras and runs the test suite
+# torch is installed first, pinned: an unpinned torch would pull several GB of CUDA packages.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+DEMO_DIR ?= data/demo
+DEMO_SEED ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: install dev test test-fast demo bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev
+
+test: dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	bash scripts/demo.sh $(BIN) $(DEMO_DIR) $(DEMO_SEED)
+
+bench: install
+	$(BIN)/python scripts/bench/models.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
