@@ -241,13 +241,13 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _nested_set(tree: dict, path: list[str], value: Any, cls=Config) -> None:
+def _nested_set(tree: dict, path: list[str], value: Any, cls=Config, prefix: str = "") -> None:
     types_ = _field_types(cls)
     head = path[0]
     if head not in types_:
-        where = " in " + cls.__name__.replace("Config", "").lower() if cls is not Config else ""
+        where = f" in {prefix.rstrip('.')}" if prefix else ""
         raise ConfigError(
-            f"unknown config key '{'.'.join(path)}'; valid keys{where}: {', '.join(sorted(types_))}"
+            f"unknown config key '{prefix}{'.'.join(path)}'; valid keys{where}: {', '.join(sorted(types_))}"
         )
     tp = types_[head]
     if len(path) == 1:
@@ -260,7 +260,7 @@ def _nested_set(tree: dict, path: list[str], value: Any, cls=Config) -> None:
     sub = tree.setdefault(head, {})
     if not isinstance(sub, dict):
         raise ConfigError(f"'{head}' must be a mapping")
-    _nested_set(sub, path[1:], value, tp)
+    _nested_set(sub, path[1:], value, tp, f"{prefix}{head}.")
 
 
 def validate(cfg: Config) -> Config:

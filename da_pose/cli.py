@@ -1,0 +1,211 @@
+"""The ``da-pose`` command line: parses, loads the config, calls a job. No logic here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from da_pose import __version__
+from da_pose.errors import DaPoseError
+
+
+def _config_overrides(sets, tracking_uri, seed, device, resume) -> list[str]:
+    out = list(sets)
+    if tracking_uri:
+        out.append(f"tracking_uri={tracking_uri}")
+    if seed is not None:
+        out.append(f"seed={seed}")
+    if device:
+        out.append(f"device={device}")
+    if resume:
+        out.append(f"resume={resume}")
+    return out
+
+
+def run_options(fn):
+    """The options every training command shares."""
+    fn = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                      help="Override a config value, e.g. --set train.lr=1e-3 (repeatable).")(fn)
+    fn = click.option("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlruns.db).")(fn)
+    fn = click.option("--seed", type=int, default=None, help="Random seed.")(fn)
+    fn = click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")(fn)
+    fn = click.option("--resume", default=None, help="'auto' continues the run folder's last checkpoint.")(fn)
+    return fn
+
+
+def _load(config, sets, tracking_uri, seed, device, resume):
+    from da_pose.config import load_config
+
+    return load_config(config, _config_overrides(sets, tracking_uri, seed, device, resume))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="da-pose")
+def cli():
+    """Animal pose estimation across domains: pretrain, adapt (CC-SSL, WS-CDA), evaluate, compare."""
+
+
+# ---------------------------------------------------------------------------------------- data
+@cli.group()
+def data():
+    """Generate the embedded benchmark and look at datasets."""
+
+
+@data.command("generate")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--preset", default="demo", show_default=True, help="demo | benchmark")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes used for rendering.")
+def data_generate(out, preset, seed, workers):
+    """Write the embedded synthetic->real benchmark in the real datasets' formats."""
+    import time
+
+    from da_pose.data.toy import generate
+
+    t0 = time.perf_counter()
+    manifest = generate(out, preset=preset, seed=seed, workers=workers)
+    counts = ", ".join(f"{k}: {v.get('count')}" for k, v in manifest["domains"].items())
+    click.echo(f"wrote {out} ({counts}) in {time.perf_counter() - t0:.1f} s")
+
+
+@data.command("show")
+@click.option("--data", "spec", required=True,
+              help="DIR#domain (a benchmark folder), tigdog:ROOT, synthetic:ROOT or coco:ANN.json")
+@click.option("--animal", default=None, help="Animal / species for tigdog: and synthetic: roots.")
+@click.option("--split", default="all", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("-n", "count", type=int, default=16, show_default=True)
+@click.option("--seed", type=int, default=0)
+def data_show(spec, animal, split, out, count, seed):
+    """Draw a grid of samples with their skeletons."""
+    from da_pose.data.manifest import parse_data_spec
+    from da_pose.viz import records_grid
+
+    records = parse_data_spec(spec, animal=animal, split=split)
+    path = records_grid(records, out, n=count, seed=seed)
+    click.echo(f"wrote {path} ({min(count, len(records))} of {len(records)} samples)")
+
+
+# ---------------------------------------------------------------------------------------- train
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@run_options
+def pretrain(config, sets, tracking_uri, seed, device, resume):
+    """Supervised training on the source (synthetic) domain."""
+    from da_pose.jobs import run_pretrain
+
+    run_pretrain(_load(config, sets, tracking_uri, seed, device, resume))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@run_options
+def finetune(config, sets, tracking_uri, seed, device, resume):
+    """Supervised training on the labelled target train split (oracle; CC-SSL-R with --set init=...)."""
+    from da_pose.jobs import run_finetune
+
+    run_finetune(_load(config, sets, tracking_uri, seed, device, resume))
+
+
+@cli.group()
+def adapt():
+    """Domain adaptation from a pretrained checkpoint (--set init=PATH)."""
+
+
+@adapt.command("ccssl")
+@click.argument("config", type=click.Path(dir_okay=False))
+@run_options
+def adapt_ccssl(config, sets, tracking_uri, seed, device, resume):
+    """CC-SSL: consistency-constrained pseudo-label rounds on unlabelled target video."""
+    from da_pose.jobs import run_ccssl
+
+    run_ccssl(_load(config, sets, tracking_uri, seed, device, resume))
+
+
+@adapt.command("wscda")
+@click.argument("config", type=click.Path(dir_okay=False))
+@run_options
+def adapt_wscda(config, sets, tracking_uri, seed, device, resume):
+    """WS-CDA: domain discriminators with adversarial training, then PPLO rounds."""
+    from da_pose.jobs import run_wscda
+
+    run_wscda(_load(config, sets, tracking_uri, seed, device, resume))
+
+
+# ---------------------------------------------------------------------------------------- eval
+@cli.command()
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "spec", default=None,
+              help="DIR#domain, tigdog:ROOT, synthetic:ROOT or coco:ANN.json (default: the run's target).")
+@click.option("--animal", default=None)
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for tables (default: beside the checkpoint).")
+@click.option("--flip-test/--no-flip-test", default=None)
+@click.option("--log/--no-log", default=False, help="Also log the evaluation as an MLflow run.")
+@click.option("--tracking-uri", default=None)
+@click.option("--device", default=None)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+def evaluate(ckpt, spec, animal, split, out, flip_test, log, tracking_uri, device, sets):
+    """Per-joint and per-group PCK@0.05 of a checkpoint."""
+    from da_pose.data.manifest import parse_data_spec
+    from da_pose.jobs import config_from_checkpoint, run_evaluate
+
+    overrides = list(sets)
+    if tracking_uri:
+        overrides.append(f"tracking_uri={tracking_uri}")
+    if device:
+        overrides.append(f"device={device}")
+    if flip_test is not None:
+        overrides.append(f"codec.flip_test={str(flip_test).lower()}")
+    cfg = config_from_checkpoint(ckpt, overrides)
+    spec = spec or f"{cfg.data.root}#{cfg.data.target}"
+    records = parse_data_spec(spec, animal=animal, split=split)
+    out_dir = Path(out) if out else Path(ckpt).parent / "evaluate"
+    run_evaluate(ckpt, cfg, records, out_dir, log=log, title=f"{Path(ckpt).name} on {spec} ({split})")
+    click.echo(f"tables in {out_dir}")
+
+
+@cli.command()
+@click.option("--experiment", required=True, help="MLflow experiment name.")
+@click.option("--tracking-uri", default="sqlite:///mlruns.db", show_default=True)
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for tables and plot.")
+@click.option("--metric-prefix", default="target_test/", show_default=True)
+def compare(experiment, tracking_uri, out, metric_prefix):
+    """Compare methods: per-group/per-joint tables (mean +- std over seeds) and a plot, from MLflow."""
+    from da_pose.jobs import run_compare
+
+    run_compare(experiment, tracking_uri, Path(out) if out else Path("runs") / experiment / "compare", metric_prefix)
+
+
+@cli.command()
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default=None)
+def predict(ckpt, inputs, out, device):
+    """Skeleton overlays and keypoint JSON for images, folders or a video file."""
+    from da_pose.jobs import config_from_checkpoint, run_predict
+
+    cfg = config_from_checkpoint(ckpt, [f"device={device}"] if device else [])
+    n = run_predict(ckpt, cfg, list(inputs), Path(out))
+    click.echo(f"wrote {n} overlays and predictions.json to {out}")
+
+
+def main(argv=None) -> None:
+    """Entry point: project errors become one line on stderr and an exit code (2 for config)."""
+    try:
+        cli.main(args=argv, prog_name="da-pose", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DaPoseError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

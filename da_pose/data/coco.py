@@ -1,0 +1,322 @@
+"""COCO-keypoints reader and writer (Animal-Pose, AP-10K, COCO people) via pycocotools.
+
+Keypoints in the JSON are a flat list ``[x1, y1, v1, x2, y2, v2, ...]`` with v in {0, 1, 2}
+(0 not labelled, 1 labelled but occluded, 2 labelled and visible). A ``joint_map`` lists
+``(coco_keypoint_index, skeleton_index)`` pairs that carry a dataset's keypoints onto the
+18-joint TigDog skeleton; skeleton joints without a counterpart are unlabelled (visible 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from da_pose.data.records import PoseRecord
+from da_pose.data.skeleton import NUM_JOINTS
+from da_pose.errors import ConfigError, DataError
+
+
+# ----------------------------------------------------------------------------------- writers
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # normal file mode (umask), unlike mkstemp's 0600
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _plain(value):
+    """numpy scalars and arrays -> JSON-serialisable Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_coco(
+    path: str | os.PathLike,
+    images: list[dict],
+    annotations: list[dict],
+    keypoint_names: list[str],
+    skeleton: list,
+    category_name: str = "animal",
+    category_id: int = 1,
+) -> None:
+    """Write a COCO keypoints JSON.
+
+    ``images``: dicts with ``id``, ``file_name``, ``width``, ``height``.
+    ``annotations``: dicts with ``id``, ``image_id`` and ``keypoints`` (a flat list of x, y, v
+    triples or a (K, 3) array, v in {0, 1, 2}); ``bbox`` ([x, y, w, h]) is taken from the
+    labelled keypoints when absent; ``num_keypoints``, ``area``, ``iscrowd`` and
+    ``category_id`` are filled in when absent.
+    ``skeleton``: pairs of 1-based keypoint indices (the COCO convention).
+    """
+    k = len(keypoint_names)
+    out_anns = []
+    for ann in annotations:
+        ann = dict(_plain(ann))
+        kp = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1)
+        if kp.size != 3 * k:
+            raise ValueError(f"annotation {ann.get('id')}: {kp.size} keypoint values, expected {3 * k}")
+        kp3 = kp.reshape(k, 3)
+        v = kp3[:, 2]
+        if not np.isin(v, (0, 1, 2)).all():
+            raise ValueError(f"annotation {ann.get('id')}: visibility flags must be 0, 1 or 2")
+        ann["keypoints"] = [float(x) if i % 3 != 2 else int(x) for i, x in enumerate(kp)]
+        labelled = kp3[v > 0]
+        ann.setdefault("num_keypoints", int((v > 0).sum()))
+        if "bbox" not in ann:
+            if len(labelled):
+                x0, y0 = labelled[:, 0].min(), labelled[:, 1].min()
+                x1, y1 = labelled[:, 0].max(), labelled[:, 1].max()
+                ann["bbox"] = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+            else:
+                ann["bbox"] = [0.0, 0.0, 0.0, 0.0]
+        ann["bbox"] = [float(b) for b in ann["bbox"]]
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("category_id", category_id)
+        out_anns.append(ann)
+    doc = {
+        "images": [_plain(dict(im)) for im in images],
+        "annotations": out_anns,
+        "categories": [
+            {
+                "id": category_id,
+                "name": category_name,
+                "supercategory": category_name,
+                "keypoints": list(keypoint_names),
+                "skeleton": [[int(a), int(b)] for a, b in skeleton],
+            }
+        ],
+    }
+    _write_atomic(Path(path), json.dumps(doc).encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------- joint maps
+
+# (coco_keypoint_index, skeleton_index) pairs onto the 18 TigDog joints (skeleton.JOINTS).
+#
+# Animal-Pose (Cao et al., ICCV 2019; 20 keypoints: L/R eye, L/R ear base, nose, throat, tail
+# base, withers, L/R front elbow, L/R back elbow, L/R front knee, L/R back knee, L/R front paw,
+# L/R back paw). Its leg names follow TigDog's (front/back elbow, knee, paw = hoof), so legs map
+# by name; tail base = TigDog hip. No counterpart: chin (2), left and right shoulder (12, 13);
+# ear bases, nose, throat and withers are dropped.
+ANIMAL_POSE_KEYPOINTS: tuple[str, ...] = (
+    "L_Eye", "R_Eye", "L_EarBase", "R_EarBase", "Nose", "Throat", "TailBase", "Withers",
+    "L_F_Elbow", "R_F_Elbow", "L_B_Elbow", "R_B_Elbow", "L_F_Knee", "R_F_Knee", "L_B_Knee",
+    "R_B_Knee", "L_F_Paw", "R_F_Paw", "L_B_Paw", "R_B_Paw",
+)
+ANIMAL_POSE_MAP: tuple[tuple[int, int], ...] = (
+    (0, 0), (1, 1),  # eyes
+    (6, 7),  # tail base -> hip
+    (8, 14), (9, 15), (10, 16), (11, 17),  # front / back elbows
+    (12, 8), (13, 9), (14, 10), (15, 11),  # front / back knees
+    (16, 3), (17, 4), (18, 5), (19, 6),  # paws -> hoofs
+)
+
+# AP-10K (Yu et al., NeurIPS 2021; 17 keypoints: L/R eye, nose, neck, root of tail, L shoulder,
+# L elbow, L front paw, R shoulder, R elbow, R front paw, L hip, L knee, L back paw, R hip,
+# R knee, R back paw). No counterpart: chin (2), front knees (8, 9), back knees (10, 11), back
+# elbows (16, 17). AP-10K's hind "hip" and "knee" are anatomical joints (hip joint, stifle)
+# while TigDog's hind chain is tail root -> back elbow -> back knee -> hoof; the positions do
+# not line up reliably, so they are left out. Nose and neck are dropped.
+AP10K_KEYPOINTS: tuple[str, ...] = (
+    "L_Eye", "R_Eye", "Nose", "Neck", "Root of tail", "L_Shoulder", "L_Elbow", "L_F_Paw",
+    "R_Shoulder", "R_Elbow", "R_F_Paw", "L_Hip", "L_Knee", "L_B_Paw", "R_Hip", "R_Knee", "R_B_Paw",
+)
+AP10K_MAP: tuple[tuple[int, int], ...] = (
+    (0, 0), (1, 1),  # eyes
+    (4, 7),  # root of tail -> hip
+    (5, 12), (8, 13),  # shoulders
+    (6, 14), (9, 15),  # elbows -> front elbows
+    (7, 3), (10, 4), (13, 5), (16, 6),  # paws -> hoofs
+)
+
+JOINT_MAPS: dict[str, tuple[tuple[int, int], ...]] = {
+    "animal_pose": ANIMAL_POSE_MAP,
+    "ap10k": AP10K_MAP,
+}
+
+
+# ----------------------------------------------------------------------------------- reader
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found (expected a COCO keypoints JSON)") from None
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not valid JSON ({reason}); expected a COCO keypoints JSON") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: top level is {type(doc).__name__}; expected a COCO keypoints object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise DataError(f"{path}: no {key!r} list; expected a COCO keypoints JSON")
+    if not any(isinstance(c, dict) and c.get("keypoints") for c in doc["categories"]):
+        raise DataError(f"{path}: no category lists 'keypoints'; expected a COCO keypoints JSON")
+    if doc["annotations"] and not any(isinstance(a, dict) and "keypoints" in a for a in doc["annotations"]):
+        raise DataError(f"{path}: no annotation has 'keypoints'; expected a COCO keypoints JSON")
+    return doc
+
+
+def _check_joint_map(joint_map, num_coco: int, num_joints: int, path: Path) -> np.ndarray:
+    pairs = np.asarray(joint_map, dtype=np.int64).reshape(-1, 2) if len(joint_map) else np.zeros((0, 2), np.int64)
+    if len(pairs) and (
+        pairs[:, 0].min() < 0 or pairs[:, 0].max() >= num_coco
+        or pairs[:, 1].min() < 0 or pairs[:, 1].max() >= num_joints
+    ):
+        raise ConfigError(
+            f"{path}: joint_map {pairs.tolist()} out of range; expected (coco index < {num_coco}, "
+            f"skeleton index < {num_joints}) pairs"
+        )
+    if len(np.unique(pairs[:, 1])) != len(pairs):
+        raise ConfigError(f"{path}: joint_map maps two keypoints onto one skeleton joint")
+    return pairs
+
+
+def load_coco(
+    ann_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    joint_map=None,
+    num_joints: int = NUM_JOINTS,
+    crop_factor: float = 1.25,
+    min_keypoints: int = 1,
+    strict: bool = False,
+) -> list[PoseRecord]:
+    """Load a COCO keypoints JSON as PoseRecords (one per annotation, original pixels).
+
+    ``joint_map``: ``(coco_keypoint_index, skeleton_index)`` pairs (``ANIMAL_POSE_MAP``,
+    ``AP10K_MAP`` or your own); ``None`` means identity and needs exactly ``num_joints``
+    keypoints. A COCO flag v > 0 (labelled, visible or not) gives visible 1; unmapped joints
+    get 0. Crowd annotations and those with fewer than ``min_keypoints`` mapped labelled
+    joints are dropped. Crop: centre of the annotation bbox, side = max(w, h) * crop_factor
+    (the box from the labelled keypoints when the bbox is missing or empty). ``record.bbox``
+    is the tight box of the mapped labelled joints (like the other loaders);
+    ``extra["object_bbox"]`` is the annotation bbox. An annotation with a malformed keypoint
+    list or a missing image is skipped with a warning (``strict``: DataError).
+    ``record.frame`` = image id, ``record.species`` = category name.
+    """
+    from pycocotools.coco import COCO
+
+    ann_file, image_root = Path(ann_file).resolve(), Path(image_root).resolve()
+    doc = _read_json(ann_file)
+    coco = COCO()
+    coco.dataset = doc
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        try:
+            coco.createIndex()
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{ann_file}: malformed COCO structure (missing {exc}); expected COCO keypoints") from None
+
+    cats = {c["id"]: c for c in doc["categories"] if isinstance(c, dict) and "id" in c}
+    exists: dict[str, bool] = {}  # file_name -> is a file (several instances share an image)
+    maps: dict[int, np.ndarray] = {}
+    records, bad = [], []
+    for ann_id in sorted(coco.getAnnIds()):
+        ann = coco.anns[ann_id]
+        try:
+            if ann.get("iscrowd", 0):
+                continue
+            cat = cats.get(ann.get("category_id"))
+            if cat is None or not cat.get("keypoints"):
+                raise DataError(f"{ann_file}: annotation {ann_id} has no keypoint category")
+            k = len(cat["keypoints"])
+            if cat["id"] not in maps:
+                if joint_map is None:
+                    if k != num_joints:
+                        raise ConfigError(
+                            f"{ann_file}: {k} keypoints per instance but {num_joints} joints; "
+                            "pass a joint_map (e.g. ANIMAL_POSE_MAP, AP10K_MAP)"
+                        )
+                    maps[cat["id"]] = np.stack([np.arange(k), np.arange(k)], axis=1)
+                else:
+                    maps[cat["id"]] = _check_joint_map(joint_map, k, num_joints, ann_file)
+            pairs = maps[cat["id"]]
+            kp = np.asarray(ann.get("keypoints", []), dtype=np.float64)
+            if kp.shape != (3 * k,) or not np.isfinite(kp).all():
+                raise DataError(
+                    f"{ann_file}: annotation {ann_id} has {kp.size} keypoint values, expected {3 * k} finite"
+                )
+            kp = kp.reshape(k, 3)
+            joints = np.zeros((num_joints, 3), dtype=np.float32)
+            src, dst = pairs[:, 0], pairs[:, 1]
+            labelled = kp[src, 2] > 0
+            joints[dst[labelled], :2] = kp[src[labelled], :2]
+            joints[dst[labelled], 2] = 1.0
+            if labelled.sum() < min_keypoints:
+                continue
+            image = coco.imgs.get(ann["image_id"])
+            if image is None or "file_name" not in image:
+                raise DataError(f"{ann_file}: annotation {ann_id} refers to unknown image {ann['image_id']}")
+            name = image["file_name"]
+            if name not in exists:
+                exists[name] = (image_root / name).is_file()
+            if not exists[name]:
+                raise DataError(f"{image_root / image['file_name']}: image not found (annotation {ann_id})")
+        except DataError as exc:
+            if strict:
+                raise
+            bad.append(str(exc))
+            continue
+
+        vis = joints[joints[:, 2] > 0]
+        if len(vis):
+            jx0, jy0 = vis[:, 0].min(), vis[:, 1].min()
+            bbox = np.array([jx0, jy0, vis[:, 0].max() - jx0, vis[:, 1].max() - jy0], dtype=np.float32)
+        else:
+            bbox = np.zeros(4, dtype=np.float32)
+        obj = np.asarray(ann.get("bbox", [0, 0, 0, 0]), dtype=np.float32).reshape(-1)
+        if obj.shape != (4,) or not np.isfinite(obj).all() or max(obj[2], obj[3]) <= 0:
+            lab = kp[kp[:, 2] > 0]
+            obj = (
+                np.array([lab[:, 0].min(), lab[:, 1].min(), np.ptp(lab[:, 0]), np.ptp(lab[:, 1])], np.float32)
+                if len(lab) else np.zeros(4, np.float32)
+            )
+        side = float(max(obj[2], obj[3]) * crop_factor)
+        if side <= 0:
+            continue  # a single labelled point and no box: nothing to crop
+        records.append(
+            PoseRecord(
+                image_path=str(image_root / image["file_name"]),
+                keypoints=joints,
+                center=np.array([obj[0] + obj[2] / 2, obj[1] + obj[3] / 2], dtype=np.float32),
+                side=side,
+                bbox=bbox,
+                video=-1,
+                frame=int(ann["image_id"]),
+                species=str(cat.get("name", "")),
+                extra={"object_bbox": obj, "annotation_id": int(ann_id)},
+            )
+        )
+    if bad and not records:
+        raise DataError(f"{ann_file}: all {len(bad)} annotations unusable, first: {bad[0]}")
+    if bad:
+        warnings.warn(
+            f"{ann_file}: skipped {len(bad)} annotation(s), first: {bad[0]} (strict=True makes this an error)",
+            stacklevel=2,
+        )
+    return records

@@ -1,0 +1,308 @@
+"""Write the embedded benchmark: three domains in the real datasets' formats plus a manifest.
+
+Layout of ``out_dir`` (paths in ``manifest.json`` are relative to it)::
+
+    manifest.json
+    synthetic_animal/toyhorse_combineds5r5_texture/%05d_img.png, %05d_kpts.npy     source
+    behaviorDiscovery2.0/ranges/toyhorse/ranges.mat                                target
+    behaviorDiscovery2.0/landmarks/toyhorse/<shot>.mat
+    behaviorDiscovery2.0/toyhorse/%08d.jpg
+    behaviorDiscovery2.0/splits/toyhorse/{train,valid}_idxs_by_video.npy
+    other/annotations/{train,val}.json, other/images/%06d.jpg                      other
+
+Determinism: every sample draws from its own generator seeded by ``(seed, domain, index)``
+(``numpy.random.SeedSequence``), so the bytes depend on the seed only, not on ``workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from da_pose.data import coco, synthetic, tigdog
+from da_pose.data.skeleton import NUM_JOINTS
+from da_pose.data.toy import body, domains
+from da_pose.data.toy.presets import Preset, effective_target, gap_knobs, get_preset
+from da_pose.errors import ConfigError
+
+SPECIES = "toyhorse"
+OTHER_SPECIES = "toybiped"
+SOURCE_ROOT = "synthetic_animal"
+TARGET_ROOT = "behaviorDiscovery2.0"
+OTHER_ROOT = "other"
+MIN_VISIBLE = 10  # TigDog loader filter: frames with fewer visible joints are dropped
+CROP_FACTORS = {"source": 1.25, "target": 1.5, "other": 1.25}
+DOMAIN_CODES = {"source": 1, "target": 2, "other": 3, "split": 4}
+CHUNK = 16  # samples per task
+
+
+def sample_rng(seed: int, domain: str, index: int) -> np.random.Generator:
+    """The generator of one sample: a pure function of (seed, domain, index)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, DOMAIN_CODES[domain], index]))
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+def _source_task(out: str, preset: Preset, seed: int, start: int, stop: int) -> int:
+    folder = synthetic.species_folder(Path(out) / SOURCE_ROOT, SPECIES)
+    for i in range(start, stop):
+        image, kpts, _ = domains.source_sample(sample_rng(seed, "source", i), preset.source)
+        synthetic.write_sample(folder, f"{i:05d}", image, kpts)
+    return stop - start
+
+
+def _target_task(out: str, preset: Preset, seed: int, shot: int, first_frame: int):
+    shot_data = domains.target_shot(
+        sample_rng(seed, "target", shot),
+        effective_target(preset),
+        preset.target_frames,
+        preset.target_size,
+        preset.phase_speed,
+        preset.drift,
+        preset.pan,
+        preset.zoom,
+    )
+    root = Path(out) / TARGET_ROOT
+    for f, image in enumerate(shot_data.frames):
+        tigdog.write_frame(root, SPECIES, first_frame + f, image, quality=shot_data.quality)
+    tigdog.write_landmarks(tigdog.landmarks_path(root, SPECIES, shot), shot_data.coords, shot_data.visibility)
+    return shot_data.coords, shot_data.visibility
+
+
+def _other_task(out: str, preset: Preset, seed: int, start: int, stop: int) -> list:
+    folder = Path(out) / OTHER_ROOT / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i in range(start, stop):
+        image, kp, bbox, quality = domains.other_sample(sample_rng(seed, "other", i), preset.other, preset.other_size)
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
+            raise RuntimeError("JPEG encoding failed")
+        name = f"{i + 1:06d}.jpg"
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(jpg.tobytes())
+        os.replace(tmp, folder / name)
+        results.append((i, name, kp, bbox))
+    return results
+
+
+_TASKS = {"source": _source_task, "target": _target_task, "other": _other_task}
+
+
+def _run(task: tuple):
+    kind, args = task
+    return kind, args, _TASKS[kind](*args)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _prepare_folder(out: Path) -> None:
+    """Create ``out``; replace a previous generated benchmark in it; refuse other content."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder (expected an empty or generated benchmark folder)")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in out.iterdir()]
+    if not entries:
+        return
+    manifest = out / "manifest.json"
+    generated = False
+    if manifest.is_file():
+        try:
+            generated = json.loads(manifest.read_text()).get("generator") == "da_pose.data.toy"
+        except (OSError, ValueError):
+            generated = False
+    ours = {"manifest.json", SOURCE_ROOT, TARGET_ROOT, OTHER_ROOT}
+    if not generated or any(p.name not in ours for p in entries):
+        raise ConfigError(
+            f"{out}: folder is not empty and not a benchmark written by this generator "
+            "(expected an empty folder, or one to regenerate)"
+        )
+    manifest.unlink()
+    for name in (SOURCE_ROOT, TARGET_ROOT, OTHER_ROOT):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+
+
+def _tasks(out: str, p: Preset, seed: int) -> list[tuple]:
+    tasks = []
+    for shot in range(p.target_videos):
+        tasks.append(("target", (out, p, seed, shot + 1, 1 + shot * p.target_frames)))
+    n_src = p.source_train + p.source_val
+    for start in range(0, n_src, CHUNK):
+        tasks.append(("source", (out, p, seed, start, min(start + CHUNK, n_src))))
+    n_other = p.other_train + p.other_val
+    for start in range(0, n_other, CHUNK):
+        tasks.append(("other", (out, p, seed, start, min(start + CHUNK, n_other))))
+    return tasks
+
+
+def _task_size(task: tuple, p: Preset) -> int:
+    kind, args = task
+    return p.target_frames if kind == "target" else args[4] - args[3]
+
+
+def generate(
+    out_dir: str | os.PathLike,
+    preset: str | Preset = "demo",
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Generate the embedded synthetic-to-real benchmark into ``out_dir``; return the manifest.
+
+    ``preset`` is a name of ``PRESETS`` or a :class:`Preset` (e.g. ``dataclasses.replace``
+    of one). ``workers`` processes render in parallel (1 renders inline); the output bytes do
+    not depend on it. A folder holding a previous generated benchmark is regenerated; a
+    non-empty folder with anything else is refused (ConfigError).
+    """
+    p = get_preset(preset)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed {seed!r}: expected a non-negative integer")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers {workers!r}: expected a positive integer")
+    out = Path(out_dir)
+    _prepare_folder(out)
+    tasks = _tasks(str(out), p, seed)
+    total = sum(_task_size(t, p) for t in tasks)
+
+    shots: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    others: list = []
+    bar = tqdm(total=total, desc=f"generate {p.name}", unit="img", disable=not progress)
+    if workers == 1:
+        results = map(_run, tasks)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
+        results = pool.imap(_run, tasks, chunksize=1)
+    try:
+        for task, (kind, args, result) in zip(tasks, results):
+            if kind == "target":
+                shots[args[3]] = result
+            elif kind == "other":
+                others += result
+            bar.update(_task_size(task, p))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    target = _write_target_index(out, p, seed, shots)
+    other = _write_other_index(out, p, others)
+    manifest = {
+        "format_version": 1,
+        "generator": "da_pose.data.toy",
+        "preset": p.name,
+        "seed": seed,
+        "num_joints": NUM_JOINTS,
+        "gap": gap_knobs(p),
+        "domains": {
+            "source": {
+                "format": "synthetic",
+                "root": SOURCE_ROOT,
+                "species": SPECIES,
+                "vertex_ids": list(domains.VERTEX_IDS),
+                "count": p.source_train + p.source_val,
+                "split": {"train": p.source_train, "val": p.source_val},
+                "crop_factor": CROP_FACTORS["source"],
+            },
+            "target": target,
+            "other": other,
+        },
+    }
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def visible_positions(shots: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, int]]:
+    """(shot, frame offset) of every frame the TigDog loader keeps, in load order (shots in
+    ranges order, frames in order; at least ``MIN_VISIBLE`` of the 18 joints visible with
+    positive coordinates, exactly the loader's rule)."""
+    kept = []
+    for shot in sorted(shots):
+        coords, vis = shots[shot]
+        for f in range(len(coords)):
+            xy = coords[f, :NUM_JOINTS]
+            visible = (vis[f, :NUM_JOINTS] > 0) & (xy[:, 0] > 0) & (xy[:, 1] > 0)
+            if visible.sum() >= MIN_VISIBLE:
+                kept.append((shot, f))
+    return kept
+
+
+def _write_target_index(out: Path, p: Preset, seed: int, shots: dict) -> dict:
+    root = out / TARGET_ROOT
+    ids = sorted(shots)
+    ranges = np.array([[s, 1 + (s - 1) * p.target_frames, s * p.target_frames] for s in ids], dtype=np.int64)
+    tigdog.write_ranges(tigdog.ranges_path(root, SPECIES), ranges)
+
+    # about a fifth of the shots go to test, whole shots only (split by video)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, DOMAIN_CODES["split"]]))
+    n_test = int(round(p.target_test_fraction * len(ids)))
+    if p.target_test_fraction > 0 and len(ids) >= 2:
+        n_test = min(max(n_test, 1), len(ids) - 1)
+    test_shots = set(int(s) for s in rng.permutation(ids)[:n_test])
+    kept = visible_positions(shots)
+    train_pos = [i for i, (s, _) in enumerate(kept) if s not in test_shots]
+    test_pos = [i for i, (s, _) in enumerate(kept) if s in test_shots]
+    split_dir = root / "splits" / SPECIES
+    tigdog.write_split_files(split_dir, np.array(train_pos, np.int64), np.array(test_pos, np.int64))
+    rel = f"{TARGET_ROOT}/splits/{SPECIES}"
+    return {
+        "format": "tigdog",
+        "root": TARGET_ROOT,
+        "species": SPECIES,
+        "count": len(kept),
+        "videos": len(ids),
+        "split": {"train": len(train_pos), "test": len(test_pos)},
+        "split_files": {
+            "train": f"{rel}/{tigdog.SPLIT_FILES['train']}",
+            "test": f"{rel}/{tigdog.SPLIT_FILES['test']}",
+        },
+        "crop_factor": CROP_FACTORS["target"],
+    }
+
+
+def _write_other_index(out: Path, p: Preset, results: list) -> dict:
+    results = sorted(results, key=lambda r: r[0])
+    width, height = p.other_size
+    files = {}
+    for split, (lo, hi) in (("train", (0, p.other_train)), ("val", (p.other_train, p.other_train + p.other_val))):
+        images, anns = [], []
+        for i, name, kp, bbox in results[lo:hi]:
+            images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+            anns.append({
+                "id": i + 1, "image_id": i + 1, "keypoints": kp.reshape(-1).tolist(), "bbox": bbox,
+                "area": float(bbox[2] * bbox[3]),
+            })
+        path = out / OTHER_ROOT / "annotations" / f"{split}.json"
+        coco.write_coco(
+            path, images, anns, list(body.COCO_KEYPOINTS), [list(e) for e in body.COCO_SKELETON],
+            category_name=OTHER_SPECIES,
+        )
+        files[split] = f"{OTHER_ROOT}/annotations/{split}.json"
+    return {
+        "format": "coco",
+        "root": OTHER_ROOT,
+        "species": OTHER_SPECIES,
+        "annotations": files,
+        "images": f"{OTHER_ROOT}/images",
+        "joint_map": [list(pair) for pair in domains.OTHER_JOINT_MAP],
+        "count": p.other_train + p.other_val,
+        "split": {"train": p.other_train, "val": p.other_val},
+        "crop_factor": CROP_FACTORS["other"],
+    }

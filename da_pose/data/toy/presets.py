@@ -1,0 +1,311 @@
+"""Presets of the embedded benchmark: sizes and the knobs of the synthetic-to-real gap.
+
+A :class:`Preset` holds the sizes of the three domains and one :class:`Style` per domain.
+The domain gap is the difference between ``source`` and ``target`` styles; ``gap`` scales it
+(``target`` knobs are interpolated toward the source's: 0 draws the target like the source,
+1 is the full gap of the preset, values above 1 extrapolate numeric knobs).
+
+Calibration intent (DESIGN section 3): mostly an appearance and context gap (coat realism,
+fur, light, shadows, clutter, blur, noise, JPEG, occluders) plus a moderate shape and pose
+shift, so a source-only model stays well above chance and its most confident target
+predictions are usually right. The values below are a first calibration; a harder or easier
+target is a ``dataclasses.replace`` away.
+
+Style knobs (ranges ``(lo, hi)`` are sampled uniformly per animal, or per shot for the target)
+
+=================== ================= ================= ================= =====================================
+knob                source            target            other (biped)     meaning
+=================== ================= ================= ================= =====================================
+leg                 (0.95, 1.1)       (0.85, 1.0)       (0.9, 1.1)        leg length multiplier
+neck                (0.9, 1.05)       (1.0, 1.25)       (0.9, 1.1)        neck length multiplier
+head                (0.9, 1.05)       (1.0, 1.15)       (0.9, 1.15)       head size multiplier
+thickness           (0.9, 1.05)       (1.0, 1.25)       (0.85, 1.2)       torso depth and width multiplier
+limb                (0.9, 1.1)        (1.0, 1.25)       (0.85, 1.2)       limb radius multiplier
+tail                (0.8, 1.2)        (0.8, 1.4)        -                 tail length multiplier
+gaits               walk, trot        walk, trot        -                 gait cycles sampled
+stride              (10, 24)          (14, 30)          (5, 30)           leg swing amplitude, degrees
+joint_jitter        6                 9                 8                 s.d. of per-joint angle noise, deg
+neck_pitch          (30, 60)          (15, 55)          -                 neck above horizontal, degrees
+head_pitch          (-75, -40)        (-95, -45)        (-15, 15)         head angle (muzzle down < 0), deg
+head_yaw            (-25, 25)         (-45, 45)         (-60, 60)         head turn, degrees
+body_yaw            (0, 25)           (0, 35)           (0, 90)           off-profile turn (random sign), deg
+elevation           (0, 15)           (0, 22)           (-5, 15)          camera above the subject, degrees
+roll                (-15, 15)         (-8, 8)           (-10, 10)         in-plane rotation, degrees
+size                (0.22, 0.36)      (0.34, 0.46)      (0.55, 0.85)      torso length (biped: height) / H
+natural_colour      0.5               1.0               -                 probability of a natural coat colour
+patterns            flat, two_tone,   flat, patches,    flat, stripes,    coat patterns sampled
+                    stripes, checker, dapple, two_tone  checker, two_tone
+                    spots
+fur                 0.0               1.0               0.3               fur grain strength
+pattern_soft        0.0               1.5               0.5               blur of pattern edges, texture px
+shading             0.15              0.7               0.3               top-lit gradient on the body
+far_shade           0.7               0.62              0.75              brightness of far-side limbs
+near_shade          1.08              1.05              1.05              brightness of near-side limbs
+shadow              0.0               0.45              0.2               ground shadow opacity
+background          simple            scene             mixed             simple / scene / indoor / mixed
+clutter             (2, 10)           (6, 16)           (3, 10)           background objects
+limb_like           0.05              0.35              0.2               share of limb-like clutter
+occlusion           0.0               0.35              0.15              probability of a foreground occluder
+light               0.0               0.6               0.3               global light ramp and vignette
+gain                0.0               0.08              0.05              s.d. of per-channel white balance
+blur                (0.0, 0.0)        (0.4, 1.4)        (0.0, 0.8)        Gaussian blur sigma, pixels
+noise               (0.0, 1.0)        (2.0, 7.0)        (0.0, 4.0)        sensor noise s.d., grey levels
+jpeg_quality        (95, 95)          (55, 85)          (70, 92)          JPEG quality (JPEG domains only)
+=================== ================= ================= ================= =====================================
+
+Video knobs of the target (:class:`Preset`): ``phase_speed`` gait cycles per frame, ``drift``
+animal motion across the frame in pixels per frame, ``pan`` camera pan in pixels per frame,
+``zoom`` relative scale change over a shot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from da_pose.data.toy.paint import PATTERNS
+from da_pose.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Style:
+    """Look, shape and pose distribution of one domain (see the module table)."""
+
+    leg: tuple[float, float] = (0.95, 1.1)
+    neck: tuple[float, float] = (0.9, 1.05)
+    head: tuple[float, float] = (0.9, 1.05)
+    thickness: tuple[float, float] = (0.9, 1.05)
+    limb: tuple[float, float] = (0.9, 1.1)
+    tail: tuple[float, float] = (0.8, 1.2)
+    gaits: tuple[str, ...] = ("walk", "trot")
+    stride: tuple[float, float] = (10.0, 24.0)
+    joint_jitter: float = 6.0
+    neck_pitch: tuple[float, float] = (30.0, 60.0)
+    head_pitch: tuple[float, float] = (-75.0, -40.0)
+    head_yaw: tuple[float, float] = (-25.0, 25.0)
+    body_yaw: tuple[float, float] = (0.0, 25.0)
+    elevation: tuple[float, float] = (0.0, 15.0)
+    roll: tuple[float, float] = (-15.0, 15.0)
+    size: tuple[float, float] = (0.22, 0.36)
+    natural_colour: float = 0.5
+    patterns: tuple[str, ...] = ("flat", "two_tone", "stripes", "checker", "spots")
+    fur: float = 0.0
+    pattern_soft: float = 0.0
+    shading: float = 0.15
+    far_shade: float = 0.7
+    near_shade: float = 1.08
+    shadow: float = 0.0
+    background: str = "simple"
+    clutter: tuple[int, int] = (2, 10)
+    limb_like: float = 0.05
+    occlusion: float = 0.0
+    light: float = 0.0
+    gain: float = 0.0
+    blur: tuple[float, float] = (0.0, 0.0)
+    noise: tuple[float, float] = (0.0, 1.0)
+    jpeg_quality: tuple[int, int] = (95, 95)
+
+
+SOURCE = Style()
+
+TARGET = Style(
+    leg=(0.85, 1.0),
+    neck=(1.0, 1.25),
+    head=(1.0, 1.15),
+    thickness=(1.0, 1.25),
+    limb=(1.0, 1.25),
+    tail=(0.8, 1.4),
+    stride=(14.0, 30.0),
+    joint_jitter=9.0,
+    neck_pitch=(15.0, 55.0),
+    head_pitch=(-95.0, -45.0),
+    head_yaw=(-45.0, 45.0),
+    body_yaw=(0.0, 35.0),
+    elevation=(0.0, 22.0),
+    roll=(-8.0, 8.0),
+    size=(0.34, 0.46),
+    natural_colour=1.0,
+    patterns=("flat", "flat", "patches", "dapple", "two_tone"),
+    fur=1.0,
+    pattern_soft=1.5,
+    shading=0.7,
+    far_shade=0.62,
+    near_shade=1.05,
+    shadow=0.45,
+    background="scene",
+    clutter=(6, 16),
+    limb_like=0.35,
+    occlusion=0.35,
+    light=0.6,
+    gain=0.08,
+    blur=(0.4, 1.4),
+    noise=(2.0, 7.0),
+    jpeg_quality=(55, 85),
+)
+
+OTHER = Style(
+    leg=(0.9, 1.1),
+    neck=(0.9, 1.1),
+    head=(0.9, 1.15),
+    thickness=(0.85, 1.2),
+    limb=(0.85, 1.2),
+    stride=(5.0, 30.0),
+    joint_jitter=8.0,
+    head_pitch=(-15.0, 15.0),
+    head_yaw=(-60.0, 60.0),
+    body_yaw=(0.0, 90.0),
+    elevation=(-5.0, 15.0),
+    roll=(-10.0, 10.0),
+    size=(0.55, 0.85),
+    patterns=("flat", "flat", "stripes", "checker", "two_tone"),
+    fur=0.3,
+    pattern_soft=0.5,
+    shading=0.3,
+    far_shade=0.75,
+    near_shade=1.05,
+    shadow=0.2,
+    background="mixed",
+    clutter=(3, 10),
+    limb_like=0.2,
+    occlusion=0.15,
+    light=0.3,
+    gain=0.05,
+    blur=(0.0, 0.8),
+    noise=(0.0, 4.0),
+    jpeg_quality=(70, 92),
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of the three domains and their styles.
+
+    ``source_train + source_val`` synthetic images (640 x 480 PNG); ``target_videos`` shots of
+    ``target_frames`` frames (``target_size`` = width, height; JPEG), of which
+    ``target_test_fraction`` of the shots go to the test split; ``other_train + other_val``
+    biped images (``other_size``; JPEG). ``gap`` scales the source-to-target style difference.
+    """
+
+    name: str = "demo"
+    source_train: int = 1000
+    source_val: int = 200
+    target_videos: int = 30
+    target_frames: int = 20
+    target_test_fraction: float = 0.2
+    target_size: tuple[int, int] = (480, 360)
+    other_train: int = 700
+    other_val: int = 100
+    other_size: tuple[int, int] = (384, 288)
+    gap: float = 1.0
+    phase_speed: tuple[float, float] = (0.025, 0.06)
+    drift: tuple[float, float] = (0.0, 2.0)
+    pan: tuple[float, float] = (0.0, 3.0)
+    zoom: tuple[float, float] = (-0.12, 0.12)
+    source: Style = field(default=SOURCE)
+    target: Style = field(default=TARGET)
+    other: Style = field(default=OTHER)
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(),
+    "benchmark": Preset(
+        name="benchmark",
+        source_train=5000,
+        source_val=1000,
+        target_videos=120,
+        target_frames=25,
+        other_train=2700,
+        other_val=300,
+    ),
+    # A few samples of each domain: unit tests and smoke runs.
+    "tiny": Preset(
+        name="tiny",
+        source_train=4,
+        source_val=2,
+        target_videos=2,
+        target_frames=4,
+        other_train=3,
+        other_val=1,
+    ),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    """A preset by name (ConfigError listing the valid names) or a Preset passed through."""
+    if isinstance(preset, Preset):
+        return check_preset(preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown generator preset {preset!r}; valid: {', '.join(PRESETS)}")
+    return check_preset(PRESETS[preset])
+
+
+def check_preset(p: Preset) -> Preset:
+    """Range checks that a hand-made preset can get wrong (ConfigError naming the field)."""
+    counts = {
+        "source_train": p.source_train, "source_val": p.source_val, "target_videos": p.target_videos,
+        "target_frames": p.target_frames, "other_train": p.other_train, "other_val": p.other_val,
+    }
+    for key, value in counts.items():
+        if not isinstance(value, int) or value < 0:
+            raise ConfigError(f"preset {p.name!r}: {key} = {value!r}, expected a non-negative integer")
+    if p.source_train + p.source_val < 1 or p.target_videos < 1 or p.target_frames < 1:
+        raise ConfigError(f"preset {p.name!r}: needs at least one source image and one target frame")
+    if not 0.0 <= p.target_test_fraction < 1.0:
+        raise ConfigError(f"preset {p.name!r}: target_test_fraction {p.target_test_fraction}, expected [0, 1)")
+    for key in ("target_size", "other_size"):
+        w, h = getattr(p, key)
+        if w < 32 or h < 32:
+            raise ConfigError(f"preset {p.name!r}: {key} {(w, h)} too small, expected at least 32 x 32")
+    if p.gap < 0:
+        raise ConfigError(f"preset {p.name!r}: gap {p.gap} must be >= 0")
+    for domain in ("source", "target", "other"):
+        style = getattr(p, domain)
+        if style.background not in ("simple", "scene", "indoor", "mixed"):
+            raise ConfigError(
+                f"preset {p.name!r}: {domain}.background {style.background!r}; valid: simple, scene, indoor, mixed"
+            )
+        bad = [g for g in style.gaits if g not in ("walk", "trot")]
+        if bad or not style.gaits:
+            raise ConfigError(f"preset {p.name!r}: {domain}.gaits {style.gaits}; valid: walk, trot")
+        bad = [q for q in style.patterns if q not in PATTERNS]
+        if bad or not style.patterns:
+            raise ConfigError(f"preset {p.name!r}: {domain}.patterns {style.patterns}; valid: {', '.join(PATTERNS)}")
+    return p
+
+
+def mix_styles(a: Style, b: Style, t: float) -> Style:
+    """``a`` moved a fraction ``t`` of the way to ``b``: numeric knobs interpolate (integers
+    round), choices (gaits, patterns, background) are ``b``'s when ``t >= 0.5``."""
+    values = {}
+    for f in dataclasses.fields(Style):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(va, str) or (isinstance(va, tuple) and va and isinstance(va[0], str)):
+            values[f.name] = vb if t >= 0.5 else va
+        elif isinstance(va, tuple):
+            mixed = tuple(x + t * (y - x) for x, y in zip(va, vb))
+            values[f.name] = tuple(int(round(m)) for m in mixed) if isinstance(va[0], int) else mixed
+        else:
+            values[f.name] = va + t * (vb - va)
+    return Style(**values)
+
+
+def effective_target(p: Preset) -> Style:
+    """The target style after applying the preset's ``gap``."""
+    return p.target if p.gap == 1.0 else mix_styles(p.source, p.target, p.gap)
+
+
+def gap_knobs(p: Preset) -> dict:
+    """The manifest's ``gap`` dict: strength, video knobs and every style knob per domain."""
+
+    def plain(style: Style) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(style).items()}
+
+    return {
+        "strength": p.gap,
+        "video": {
+            "phase_speed": list(p.phase_speed), "drift": list(p.drift), "pan": list(p.pan), "zoom": list(p.zoom),
+        },
+        "source": plain(p.source),
+        "target": plain(effective_target(p)),
+        "other": plain(p.other),
+    }

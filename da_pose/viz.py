@@ -1,0 +1,178 @@
+"""Drawing: skeleton overlays, image grids, dataset and prediction contact sheets.
+
+Images are OpenCV BGR uint8 arrays; keypoints are (K, 3) x, y, visible in pixel coordinates
+(integer values at pixel centres). Left joints are drawn in one colour, right joints in
+another, midline joints in a third, so a left/right swap is visible at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from da_pose.data import skeleton
+from da_pose.data.records import PoseRecord
+from da_pose.errors import DataError
+
+# BGR
+LEFT_COLOUR = (40, 110, 255)  # orange-red
+RIGHT_COLOUR = (255, 160, 30)  # blue
+MID_COLOUR = (60, 220, 60)  # green
+GT_COLOUR = (255, 255, 255)
+
+
+def side_colours(names: Sequence[str]) -> list[tuple[int, int, int]]:
+    """Colour of each joint from its name: ``left_*``, ``right_*`` or midline."""
+    return [
+        LEFT_COLOUR if n.startswith("left") else RIGHT_COLOUR if n.startswith("right") else MID_COLOUR
+        for n in names
+    ]
+
+
+def draw_skeleton(
+    image_bgr: np.ndarray,
+    keypoints: np.ndarray,
+    color: tuple[int, int, int] | None = None,
+    limbs: Sequence[tuple[int, int]] = skeleton.LIMBS,
+    radius: int | None = None,
+    thickness: int | None = None,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """A copy of ``image_bgr`` with the visible joints and the limbs between visible joints.
+
+    ``color`` draws everything in one colour; by default joints are coloured by side using
+    ``names`` (the 18 TigDog joint names when K = 18, else all midline). A limb takes the
+    colour of its side when both ends agree, else the midline colour. ``radius`` and
+    ``thickness`` default to sizes proportional to the image.
+
+    Shape:
+        image_bgr: (H, W, 3) uint8; keypoints (K, 3); returns (H, W, 3) uint8.
+    """
+    image = np.ascontiguousarray(image_bgr, dtype=np.uint8).copy()
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
+    h, w = image.shape[:2]
+    if radius is None:
+        radius = max(2, int(round(min(h, w) / 70)))
+    if thickness is None:
+        thickness = max(1, radius // 2)
+    if names is None:
+        names = skeleton.JOINTS if len(kp) == skeleton.NUM_JOINTS else [""] * len(kp)
+    colours = [tuple(color)] * len(kp) if color is not None else side_colours(names)
+    visible = (kp[:, 2] > 0) & np.isfinite(kp[:, :2]).all(axis=1)
+    shift = 4
+    pts = np.round(np.nan_to_num(kp[:, :2]) * (1 << shift)).astype(np.int64)
+    for a, b in limbs:
+        if a < len(kp) and b < len(kp) and visible[a] and visible[b]:
+            c = colours[a] if colours[a] == colours[b] else (tuple(color) if color is not None else MID_COLOUR)
+            cv2.line(image, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), c, thickness, cv2.LINE_AA, shift)
+    for j in np.flatnonzero(visible):
+        cv2.circle(image, tuple(int(v) for v in pts[j]), radius << shift, colours[j], -1, cv2.LINE_AA, shift)
+    return image
+
+
+def image_grid(images: list, cols: int, pad: int = 2) -> np.ndarray:
+    """Tile images row by row (``cols`` per row) on black, each cell the size of the largest.
+
+    Shape:
+        images: N arrays (H_i, W_i, 3) or (H_i, W_i) uint8; returns (rows * (H + pad) - pad,
+        cols * (W + pad) - pad, 3) uint8 where H, W are the largest height and width.
+    """
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    if cols < 1:
+        raise ValueError(f"cols must be >= 1, got {cols}")
+    imgs = [cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) if im.ndim == 2 else im for im in images]
+    ch = max(im.shape[0] for im in imgs)
+    cw = max(im.shape[1] for im in imgs)
+    cols = min(cols, len(imgs))
+    rows = math.ceil(len(imgs) / cols)
+    grid = np.zeros((rows * (ch + pad) - pad, cols * (cw + pad) - pad, 3), np.uint8)
+    for i, im in enumerate(imgs):
+        r, c = divmod(i, cols)
+        y, x = r * (ch + pad), c * (cw + pad)
+        grid[y: y + im.shape[0], x: x + im.shape[1]] = im[..., :3]
+    return grid
+
+
+def crop_matrix(center: np.ndarray, side: float, size: int) -> np.ndarray:
+    """2x3 affine taking the square of ``side`` pixels centred at ``center`` onto ``size`` x
+    ``size`` (pixel-centre convention: the square's edges map to -0.5 and size - 0.5)."""
+    s = size / float(side)
+    cx, cy = float(center[0]), float(center[1])
+    return np.array([[s, 0.0, size / 2 - 0.5 - s * cx], [0.0, s, size / 2 - 0.5 - s * cy]])
+
+
+def _write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, png = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover - uint8 BGR always encodes
+        raise DataError(f"{path}: PNG encoding failed")
+    path.write_bytes(png.tobytes())
+    return path
+
+
+def records_grid(
+    records: list[PoseRecord], path: str | os.PathLike, n: int = 16, seed: int = 0, size: int = 160
+) -> Path:
+    """A PNG contact sheet of ``n`` records (drawn at random with ``seed``, shown in order):
+    each cropped around its centre and side, with its labelled keypoints drawn.
+
+    Returns ``path``. DataError when there is no record or an image cannot be read.
+    """
+    if not records:
+        raise DataError(f"{path}: no records to draw")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(records), size=min(n, len(records)), replace=False))
+    tiles = []
+    for i in pick:
+        rec = records[int(i)]
+        image = cv2.imread(str(rec.image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DataError(f"{rec.image_path}: image not found or unreadable")
+        side = rec.side if rec.side > 0 else float(max(image.shape[:2]))
+        m = crop_matrix(rec.center, side, size)
+        crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        kp = np.asarray(rec.keypoints, dtype=np.float64).copy()
+        kp[:, :2] = kp[:, :2] @ m[:, :2].T + m[:, 2]
+        tiles.append(draw_skeleton(crop, kp))
+    return _write_png(path, image_grid(tiles, cols=math.ceil(math.sqrt(len(tiles)))))
+
+
+def prediction_grid(
+    images_bgr: list,
+    preds: np.ndarray,
+    gts: np.ndarray | None,
+    path: str | os.PathLike,
+    cols: int = 4,
+) -> Path:
+    """A PNG sheet of crops with predictions (side colours) over ground truth (thin, white).
+
+    Joints with ``pred[:, 2] > 0`` are drawn (pass confidences, or ones); ground truth draws
+    its visible joints. Returns ``path``.
+
+    Shape:
+        images_bgr: N crops (H, W, 3) uint8; preds (N, K, 3); gts (N, K, 3) or None.
+    """
+    preds = np.asarray(preds)
+    if len(images_bgr) != len(preds) or (gts is not None and len(gts) != len(preds)):
+        raise ValueError(
+            f"prediction_grid: {len(images_bgr)} images, {len(preds)} predictions"
+            + (f", {len(gts)} ground truths" if gts is not None else "")
+        )
+    tiles = []
+    for i, image in enumerate(images_bgr):
+        h, w = image.shape[:2]
+        radius = max(2, int(round(min(h, w) / 60)))
+        tile = image
+        if gts is not None:
+            tile = draw_skeleton(tile, gts[i], color=GT_COLOUR, radius=max(1, radius // 2), thickness=1)
+        tiles.append(draw_skeleton(tile, preds[i], radius=radius, thickness=max(2, radius // 2)))
+    return _write_png(path, image_grid(tiles, cols=cols))

@@ -1,0 +1,61 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from da_pose.errors import TrackingError
+from da_pose.tracking import MlflowTracker, metric_name, mlflow_key
+
+
+def test_sqlite_store_round_trip(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    tr = MlflowTracker(uri, "exp", "run-a", tags={"method": "ccssl"})
+    tr.log_params({"train.lr": 0.1, "data.root": "x"})
+    tr.log_metrics({"pck@0.05_crop/left_eye": 50.0, "loss": 1.5, "nan": float("nan")}, step=3)
+    (tmp_path / "a.txt").write_text("hello")
+    tr.log_artifact(tmp_path / "a.txt", "tables")
+    tr.end("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(tr.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.1"
+    assert run.data.tags["method"] == "ccssl" and run.data.tags["git_commit"]
+    assert run.data.metrics[mlflow_key("pck@0.05_crop/left_eye")] == 50.0
+    assert "nan" not in run.data.metrics
+    assert [a.path for a in client.list_artifacts(tr.run_id, "tables")] == ["tables/a.txt"]
+    assert metric_name(mlflow_key("pck@0.05_crop/eye")) == "pck@0.05_crop/eye"
+    # resuming continues the same run
+    again = MlflowTracker(uri, "exp", "run-a", run_id=tr.run_id)
+    assert again.run_id == tr.run_id and client.get_run(tr.run_id).info.status == "RUNNING"
+    again.end("FINISHED")
+
+
+def test_unreachable_server_fails_fast():
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError, match="unreachable"):
+        MlflowTracker("http://127.0.0.1:9", "exp", "r")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_missing_store_folder(tmp_path):
+    with pytest.raises(TrackingError, match="does not exist"):
+        MlflowTracker(f"sqlite:///{tmp_path}/nope/mlruns.db", "exp", "r")
+
+
+def test_dead_runs_are_marked_killed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    # a process that opens a run and dies without ending it
+    code = (f"from da_pose.tracking import MlflowTracker; t = MlflowTracker({uri!r}, 'exp', 'dies'); "
+            "print(t.run_id); import os; os._exit(0)")
+    run_id = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=os.getcwd()).stdout.strip().splitlines()[-1]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    MlflowTracker(uri, "exp", "next").end()
+    assert client.get_run(run_id).info.status == "KILLED"
