@@ -148,7 +148,7 @@ def make_dataset(cfg: Config, records: Sequence[PoseRecord], codec: HeatmapCodec
     ds = PoseDataset(list(records), codec, cfg.data.input_size, train=train, aug=cfg.aug if train else None,
                      mean=cfg.data.mean, std=cfg.data.std, cache=cfg.data.cache, strict=cfg.data.strict)
     if cfg.data.cache:
-        ds.prefetch()
+        ds.prefetch(progress=False)
     return ds
 
 
@@ -179,6 +179,7 @@ def report_target(ctx: RunContext, model, codec: HeatmapCodec, records: Sequence
     """Evaluate on the target test split; log metrics, tables, chart and prediction grid."""
     cfg = ctx.cfg
     ds = ds if ds is not None else make_dataset(cfg, records, codec, train=False)
+    records = ds.records  # unreadable images were dropped by the dataset
     loader = make_loader(cfg, ds, cfg.ccssl.batch_size, shuffle=False)
     preds = predict(model, loader, codec, ctx.device, flip_test=cfg.codec.flip_test)
     from da_pose.eval.evaluate import pck_metrics
@@ -280,8 +281,8 @@ def run_supervised(cfg: Config, command: str, domain: str, train_split: str, val
                                             info=ctx.dist, drop_last=True)
         evaluate_fn, select = None, None
         if val_split is not None:
-            val_records = domain_records(cfg, domain, val_split)
-            val_ds = make_dataset(cfg, val_records, codec, train=False)
+            val_ds = make_dataset(cfg, domain_records(cfg, domain, val_split), codec, train=False)
+            val_records = val_ds.records
             val_loader = make_loader(cfg, val_ds, cfg.ccssl.batch_size, shuffle=False)
             evaluate_fn = partial(_evaluate_on, loader=val_loader, records=val_records, codec=codec, ctx=ctx,
                                   prefix="source_val/")
@@ -321,6 +322,7 @@ def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord
     model.to(device)
     codec = make_codec(cfg)
     ds = make_dataset(cfg, records, codec, train=False)
+    records = ds.records
     loader = make_loader(cfg, ds, cfg.ccssl.batch_size, shuffle=False)
     preds = predict(model, loader, codec, device, flip_test=cfg.codec.flip_test)
     from da_pose.eval.evaluate import pck_metrics
@@ -474,11 +476,11 @@ def run_ccssl(cfg: Config) -> dict:
         codec = make_codec(cfg)
         model, trainer = build(cfg, ctx)
         source_ds = make_dataset(cfg, domain_records(cfg, "source", "train"), codec, train=True)
-        target_records = domain_records(cfg, "target", "train")
-        target_eval_ds = make_dataset(cfg, target_records, codec, train=False)
+        target_eval_ds = make_dataset(cfg, domain_records(cfg, "target", "train"), codec, train=False)
+        target_records = target_eval_ds.records  # readable frames only
         target_train_ds = make_dataset(cfg, target_records, codec, train=True)
-        test_records = domain_records(cfg, "target", "test")
-        test_ds = make_dataset(cfg, test_records, codec, train=False)
+        test_ds = make_dataset(cfg, domain_records(cfg, "target", "test"), codec, train=False)
+        test_records = test_ds.records
         test_loader = make_loader(cfg, test_ds, cfg.ccssl.batch_size, shuffle=False)
         evaluate_fn = partial(_evaluate_on, loader=test_loader, records=test_records, codec=codec, ctx=ctx,
                               prefix="target_test/")

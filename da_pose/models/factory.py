@@ -81,4 +81,5 @@ def describe(model: nn.Module) -> str:
     joints = getattr(model, "num_joints", "?")
     stride = getattr(model, "stride", "?")
     channels = getattr(model, "feature_channels", "?")
-    return f"{name}: {params:.2f} M parameters, {joints} joints, stride {stride}, features {channels} ch"
+    return (f"{name}: {params:.2f} M parameters, {joints} joints, stride {stride}, "
+            f"features {channels} ch")

@@ -37,7 +37,9 @@ class Hourglass(nn.Module):
         levels = []
         for level in range(depth):
             count = 4 if level == 0 else 3
-            levels.append(nn.ModuleList(residual_stack(width, planes, blocks) for _ in range(count)))
+            levels.append(
+                nn.ModuleList(residual_stack(width, planes, blocks) for _ in range(count))
+            )
         self.hg = nn.ModuleList(levels)
 
     def _level(self, n: int, x: Tensor) -> Tensor:

@@ -103,7 +103,8 @@ class ResNet(nn.Module):
     def __init__(self, depth: int = 50):
         super().__init__()
         if depth not in RESNET_SPECS:
-            raise ConfigError(f"unknown ResNet depth {depth}; valid: {', '.join(map(str, RESNET_SPECS))}")
+            valid = ", ".join(map(str, RESNET_SPECS))
+            raise ConfigError(f"unknown ResNet depth {depth}; valid: {valid}")
         block, counts = RESNET_SPECS[depth]
         self.depth = depth
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -111,12 +112,13 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = 64
-        for index, (planes, count, stride) in enumerate(zip((64, 128, 256, 512), counts, (1, 2, 2, 2))):
+        stages = zip((64, 128, 256, 512), counts, (1, 2, 2, 2))
+        for index, (planes, count, stride) in enumerate(stages, start=1):
             blocks = []
             for b in range(count):
                 blocks.append(block(in_channels, planes, stride if b == 0 else 1))
                 in_channels = planes * block.expansion
-            self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+            self.add_module(f"layer{index}", nn.Sequential(*blocks))
         self.out_channels = in_channels
         # torchvision's initialisation, so a from-scratch backbone trains like theirs
         for m in self.modules():

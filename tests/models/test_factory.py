@@ -37,12 +37,13 @@ def test_every_backbone_builds_with_the_common_interface(name):
         model = build_model(cfg, 7)
     assert model.num_joints == 7
     assert model.stride == 4
-    expected_channels = 16 if name == "hourglass" else (512 if name in ("resnet18", "resnet34") else 2048)
-    assert model.feature_channels == expected_channels
+    channels = {"hourglass": 16, "resnet18": 512, "resnet34": 512}.get(name, 2048)
+    assert model.feature_channels == channels
 
 
 def test_small_models_forward():
-    for cfg, channels in ((SMALL_HG, 16), (ModelConfig(backbone="resnet18", deconv_filters=16), 512)):
+    small_resnet = ModelConfig(backbone="resnet18", deconv_filters=16)
+    for cfg, channels in ((SMALL_HG, 16), (small_resnet, 512)):
         model = build_model(cfg, 5)
         out = model(torch.randn(1, 3, 64, 64))
         assert out.heatmaps[-1].shape == (1, 5, 16, 16)
@@ -64,7 +65,8 @@ def test_pretrained_for_hourglass_is_a_config_error(tmp_path):
 def test_pretrained_resnet_weights_are_loaded(tmp_path):
     torch.manual_seed(3)
     src = ResNet(18)
-    state = dict(src.state_dict(), **{"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    state = dict(src.state_dict())
+    state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(state, path)
     cfg = ModelConfig(backbone="resnet18", deconv_filters=16, pretrained=str(path))

@@ -18,7 +18,8 @@ def _hand(pred: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarra
         for j in range(k):
             for y in range(h):
                 for x in range(w):
-                    total += (pred[i, j, y, x] * weight[i, j] - target[i, j, y, x] * weight[i, j]) ** 2
+                    diff = pred[i, j, y, x] * weight[i, j] - target[i, j, y, x] * weight[i, j]
+                    total += diff**2
         out[i] = 0.5 * total / (k * h * w)
     return out
 
@@ -80,7 +81,8 @@ def test_sums_over_stacks():
 def test_mean_of_none_is_mean_and_default_weight_is_one():
     pred, target, _ = _fixture()
     ones = torch.ones(2, 3, dtype=torch.float64)
-    assert torch.allclose(joints_mse(pred, target, reduction="none").mean(), joints_mse(pred, target))
+    per_sample = joints_mse(pred, target, reduction="none")
+    assert torch.allclose(per_sample.mean(), joints_mse(pred, target))
     assert torch.equal(joints_mse(pred, target), joints_mse(pred, target, ones))
     # SimpleBaseline's (B, K, 1) weight layout is accepted
     assert torch.equal(joints_mse(pred, target, ones[..., None]), joints_mse(pred, target, ones))

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -106,6 +107,15 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
+def _context():
+    """Fork where it is safe: workers then need no re-import of the caller's ``__main__``
+    (spawn would re-run an unguarded script). Workers use only numpy and single-threaded
+    OpenCV, so inherited threads of the parent (torch, MLflow) are never touched."""
+    if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -185,7 +195,7 @@ def generate(
         results = map(_run, tasks)
         pool = None
     else:
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
+        pool = _context().Pool(min(workers, len(tasks)), initializer=_init_worker)
         results = pool.imap(_run, tasks, chunksize=1)
     try:
         for task, (kind, args, result) in zip(tasks, results):

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny embedded benchmark generated once per test session."""
+
+import dataclasses
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    from da_pose.data.toy import generate
+    from da_pose.data.toy.presets import PRESETS
+
+    root = tmp_path_factory.mktemp("bench") / "tiny"
+    preset = dataclasses.replace(PRESETS["tiny"], source_train=12, source_val=4, target_videos=5, target_frames=4,
+                                 other_train=6, other_val=2)
+    generate(root, preset=preset, seed=0, workers=1, progress=False)
+    return root
+
+
+def tiny_overrides(root, tmp_path, name="t", uri=None):
+    """A model and schedule small enough for seconds on 2 CPU cores."""
+    uri = uri or f"sqlite:///{tmp_path}/mlruns.db"
+    return [f"data.root={root}", "data.input_size=64", "data.heatmap_size=16", "model.backbone=hourglass",
+            "model.stacks=1", "model.depth=2", "model.features=16", "train.batch_size=4", "train.epochs=2",
+            "train.optimizer=adam", "train.lr=0.001", "train.lr_milestones=[]", "train.log_every=1",
+            "train.deterministic=true", "ccssl.batch_size=8", f"out_dir={tmp_path}/runs", f"tracking_uri={uri}",
+            f"name={name}", "experiment=tests", "device=cpu"]
