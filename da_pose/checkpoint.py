@@ -54,10 +54,42 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     return path
 
 
+class _Writer:
+    """A file for ``torch.save`` that remembers the OS error of a failed write."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _torch_save(state: dict[str, Any], tmp: str) -> None:
+    # torch's zip writer reports a failed write (disk full, file too large) as a RuntimeError
+    # ("unexpected pos ..."); the OSError behind it is what atomic_write turns into a
+    # CheckpointError that keeps the previous file.
+    with open(tmp, "wb") as fh:
+        writer = _Writer(fh)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def save(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically with ``torch.save``."""
     state = {"format": FORMAT, **state}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

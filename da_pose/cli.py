@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -78,12 +79,14 @@ def data_generate(out, preset, seed, workers):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("-n", "count", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0)
-def data_show(spec, animal, split, out, count, seed):
+@click.option("--strict/--no-strict", default=False, show_default=True,
+              help="Refuse a dataset with any unreadable sample instead of skipping it with a warning.")
+def data_show(spec, animal, split, out, count, seed, strict):
     """Draw a grid of samples with their skeletons."""
     from da_pose.data.manifest import parse_data_spec
     from da_pose.viz import records_grid
 
-    records = parse_data_spec(spec, animal=animal, split=split)
+    records = parse_data_spec(spec, animal=animal, split=split, strict=strict)
     path = records_grid(records, out, n=count, seed=seed)
     click.echo(f"wrote {path} ({min(count, len(records))} of {len(records)} samples)")
 
@@ -161,7 +164,7 @@ def evaluate(ckpt, spec, animal, split, out, flip_test, log, tracking_uri, devic
         overrides.append(f"codec.flip_test={str(flip_test).lower()}")
     cfg = config_from_checkpoint(ckpt, overrides)
     spec = spec or f"{cfg.data.root}#{cfg.data.target}"
-    records = parse_data_spec(spec, animal=animal, split=split)
+    records = parse_data_spec(spec, animal=animal, split=split, strict=cfg.data.strict)
     out_dir = Path(out) if out else Path(ckpt).parent / "evaluate"
     run_evaluate(ckpt, cfg, records, out_dir, log=log, title=f"{Path(ckpt).name} on {spec} ({split})")
     click.echo(f"tables in {out_dir}")
@@ -193,8 +196,16 @@ def predict(ckpt, inputs, out, device):
     click.echo(f"wrote {n} overlays and predictions.json to {out}")
 
 
-def main(argv=None) -> None:
-    """Entry point: project errors become one line on stderr and an exit code (2 for config)."""
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # A skipped sample is one "warning:" line, not Python's two-line file:line format.
+    return f"warning: {message}\n"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")) or type(exc).__name__
+
+
+def _run(argv) -> None:
     try:
         cli.main(args=argv, prog_name="da-pose", standalone_mode=False)
     except click.exceptions.Abort:
@@ -204,8 +215,27 @@ def main(argv=None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except DaPoseError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or _one_line(exc)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def main(argv=None) -> None:
+    """Entry point: project errors become one line on stderr and an exit code (2 for config).
+
+    An OSError that reaches this point (disk full, a path that is a file, no permission) is a
+    fault of the environment, not of the code: it is reported the same way, exit code 1.
+    Warnings (a skipped unreadable sample, say) are one ``warning:`` line each.
+    """
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        _run(argv)
+    finally:
+        warnings.formatwarning = previous

@@ -134,11 +134,14 @@ class WSCDAConfig:
     w2: float = 1.0
     grl_max: float = 1.0
     grl_warmup: float = 10.0  # lambda = max * (2 / (1 + exp(-warmup * p)) - 1), p = progress
-    disc_lr: float = 1e-3
+    disc_lr: float = 1e-3  # minmax: the discriminator's own Adam; grl: it trains with the model's optimizer
     disc_hidden: int = 256
     pplo_rounds: int = 3
     pplo_keep: tuple[float, ...] = (0.3, 0.5, 0.7)
-    pplo_steps: int = 0
+    pplo_steps: int = 0  # steps per PPLO round; 0 = one pass over the unlabelled target
+    pplo_temporal: bool = False  # PPLO pseudo-labels with CC-SSL's optical-flow term
+    steps_per_epoch: int = 0  # adversarial phase (train.epochs epochs); 0 = one pass over the labelled animals
+    disc: str = "mlp"  # mlp | conv (da_pose.models.discriminator)
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+def _parse_override(item: str) -> tuple[list[str], Any, str]:
+    """``"a.b=value"`` -> (["a", "b"], the value parsed as YAML, the raw text)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value, e.g. train.lr=0.001")
     key, raw = item.split("=", 1)
@@ -238,10 +242,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = raw
     if value is None:
         value = ""
-    return key.split("."), value
+    return key.split("."), value, raw.strip()
 
 
-def _nested_set(tree: dict, path: list[str], value: Any, cls=Config, prefix: str = "") -> None:
+def _nested_set(tree: dict, path: list[str], value: Any, cls=Config, prefix: str = "", raw: str | None = None) -> None:
     types_ = _field_types(cls)
     head = path[0]
     if head not in types_:
@@ -253,6 +257,10 @@ def _nested_set(tree: dict, path: list[str], value: Any, cls=Config, prefix: str
     if len(path) == 1:
         if dataclasses.is_dataclass(tp):
             raise ConfigError(f"'{head}' is a section; set one of its keys, e.g. {head}.<key>=...")
+        if tp is str and raw is not None and isinstance(value, bool):
+            # YAML 1.1 reads no/off/yes/on as booleans; a string key takes the text as typed
+            # (--resume no, --set name=off).
+            value = raw
         tree[head] = value
         return
     if not dataclasses.is_dataclass(tp):
@@ -260,7 +268,7 @@ def _nested_set(tree: dict, path: list[str], value: Any, cls=Config, prefix: str
     sub = tree.setdefault(head, {})
     if not isinstance(sub, dict):
         raise ConfigError(f"'{head}' must be a mapping")
-    _nested_set(sub, path[1:], value, tp, f"{prefix}{head}.")
+    _nested_set(sub, path[1:], value, tp, f"{prefix}{head}.", raw)
 
 
 def validate(cfg: Config) -> Config:
@@ -304,6 +312,11 @@ def validate(cfg: Config) -> Config:
         "wscda.mode": (cfg.wscda.mode, ("grl", "minmax")),
         "ccssl.confidence": (cfg.ccssl.confidence, ("max", "agreement")),
     }
+    # The backbone is checked here, before a job opens its run folder and MLflow run; the
+    # factory's dict of constructors is the one list of names (imported late: it imports torch).
+    from da_pose.models.factory import BACKBONES
+
+    choices["model.backbone"] = (cfg.model.backbone, tuple(BACKBONES))
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"{key}: unknown value '{value}'; valid: {', '.join(valid)}")
@@ -326,7 +339,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"{p}: not readable as UTF-8 text ({exc}); expected a YAML config") from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "parse error"
             raise ConfigError(f"{p}: not valid YAML ({first})") from None
@@ -336,8 +351,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
         tree = loaded
     for item in overrides:
-        keys, value = _parse_override(item)
-        _nested_set(tree, keys, value)
+        keys, value, raw = _parse_override(item)
+        _nested_set(tree, keys, value, raw=raw)
     return validate(_build(Config, tree))
 
 

@@ -613,6 +613,18 @@ def compare_tables(rows: list[dict], kind: str = "group") -> tuple[list[str], li
     return headers, table
 
 
+def compare_markdown(experiment: str, rows: list[dict], other: list[dict]) -> str:
+    """The per-group comparison table with the unfinished runs listed below it."""
+    headers, table = compare_tables(rows, "group")
+    parts = [f"Target test PCK@0.05 (crop normaliser, %), mean ± std over seeds; MLflow experiment "
+             f"`{experiment}`; gap recovered = (method - source_only) / (oracle - source_only).", "",
+             report.markdown_table(headers, table).rstrip()]
+    if other:
+        parts += ["", "Not averaged (unfinished, failed or without target metrics):", ""]
+        parts += [f"- {r['name']} ({r['method']}, {r['backbone']}, seed {r['seed']}): {r['status']}" for r in other]
+    return "\n".join(parts).rstrip() + "\n"
+
+
 def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "target_test/",
                 log: bool = True) -> str:
     """Tables (markdown, CSV), a grouped bar chart and a summary MLflow run for one experiment."""
@@ -621,18 +633,11 @@ def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "ta
         raise DaPoseError(f"experiment '{experiment}' has no finished run with {prefix}pck@0.05_crop/mean yet")
     rows = summarize_runs(done)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [f"Target test PCK@0.05 (crop normaliser, %), mean ± std over seeds; experiment '{experiment}'", ""]
     for kind in ("group", "joint"):
         headers, table = compare_tables(rows, kind)
-        md = report.markdown_table(headers, table)
-        (out / f"compare_{kind}.md").write_text(md)
+        (out / f"compare_{kind}.md").write_text(report.markdown_table(headers, table))
         report.write_csv(out / f"compare_{kind}.csv", headers, table)
-        if kind == "group":
-            parts.append(md)
-    if other:
-        parts += ["", "Not averaged (unfinished, failed or without target metrics):", ""]
-        parts += [f"- {r['name']} ({r['method']}, {r['backbone']}, seed {r['seed']}): {r['status']}" for r in other]
-    text = "\n".join(parts).rstrip() + "\n"
+    text = compare_markdown(experiment, rows, other)
     (out / "compare.md").write_text(text)
     named = {f"{r['method']} ({r['backbone']})": r["mean"] for r in rows}
     errors = {f"{r['method']} ({r['backbone']})": r["std"] for r in rows}
@@ -739,3 +744,133 @@ def run_predict(checkpoint_path: str, cfg: Config, inputs: Sequence[str], out: P
     report.write_json(out / "predictions.json", {"joints": list(JOINTS), "checkpoint": str(checkpoint_path),
                                                  "predictions": results})
     return len(results)
+
+
+# ------------------------------------------------------------------------------------ WS-CDA
+WSCDA_OFFSETS = {"animal": 0, "target": 100_000, "other": 200_000}  # per-source loader seeds
+
+
+def _feature_channels(cfg: Config) -> int:
+    """C of ``PoseOutput.features`` for this config's model (built on the meta device: no memory)."""
+    import dataclasses
+
+    with torch.device("meta"):
+        return int(build_model(dataclasses.replace(cfg.model, pretrained=""), NUM_JOINTS).feature_channels)
+
+
+def _check_batchable(cfg: Config, ctx: RunContext, sources: dict) -> None:
+    need = cfg.train.batch_size * ctx.dist.world_size
+    for name, ds in sources.items():
+        if len(ds) < need:
+            raise DaPoseError(f"{cfg.data.root}: WS-CDA source '{name}' has {len(ds)} training images, fewer than one "
+                              f"batch ({need}); lower train.batch_size")
+
+
+def run_wscda(cfg: Config) -> dict:
+    """WS-CDA (Cao et al. ICCV 2019): adversarial training with a domain discriminator on three
+    data sources (other body plan, labelled animals, unlabelled target), then ``wscda.pplo_rounds``
+    PPLO rounds of progressive pseudo-labels on the unlabelled target (CC-SSL's pseudo-labeller).
+
+    Epochs ``0 .. train.epochs - 1`` are the adversarial phase, epoch ``train.epochs + r`` is PPLO
+    round r; checkpoints at every epoch end, so ``resume=auto`` continues at the next epoch or
+    round. The target test split is evaluated for the record only, never for selection.
+    """
+    import dataclasses
+
+    from torch.utils.data import ConcatDataset
+
+    from da_pose.adapt import wscda
+    from da_pose.adapt.ccssl import label_accuracy
+    from da_pose.train.steps import ccssl_step, wscda_step
+
+    w = wscda.check_config(cfg.wscda)
+    if cfg.method in ("", "source_only"):  # the default tag: name the method from the config
+        cfg = dataclasses.replace(cfg, method="wscda_pplo" if w.pplo_rounds else "wscda")
+    with open_run(cfg, "adapt wscda") as ctx:
+        if not cfg.init and ctx.resume_from is None:
+            raise ConfigError("adapt wscda starts from a pretrained checkpoint: pass --set init=PATH")
+        codec = make_codec(cfg)
+        bs, world = cfg.train.batch_size, ctx.dist.world_size
+        # the three sources of Cao et al. Sec. 3.1, each item tagged with its domain [y, z]
+        other_ds = make_dataset(cfg, domain_records(cfg, "other", "train"), codec, train=True)
+        source_ds = make_dataset(cfg, domain_records(cfg, "source", "train"), codec, train=True)
+        target_eval_ds = make_dataset(cfg, domain_records(cfg, "target", "train"), codec, train=False)
+        target_records = target_eval_ds.records  # readable frames only
+        pick = wscda.labelled_subset(len(target_records), cfg.data.target_labelled, cfg.seed)
+        unlabelled_records = [target_records[i] for i in np.setdiff1d(np.arange(len(target_records)), pick)]
+        animal_parts = [wscda.DomainTagged(source_ds, 1, 0)]
+        if pick.size:
+            labelled_target = make_dataset(cfg, [target_records[i] for i in pick], codec, train=True)
+            animal_parts.append(wscda.DomainTagged(labelled_target, 1, 1))
+        animal_ds = ConcatDataset(animal_parts)
+        target_train_ds = make_dataset(cfg, unlabelled_records, codec, train=True)
+        # the unlabelled target's labels are never used: zeroed, so all its joints have weight 0
+        hidden = target_train_ds.with_keypoints(np.zeros((len(target_train_ds.records), NUM_JOINTS, 3), np.float32))
+        sources = {"other": wscda.DomainTagged(other_ds, 0, 0), "animal": animal_ds,
+                   "target": wscda.DomainTagged(hidden, 1, 1)}
+        _check_batchable(cfg, ctx, sources)
+        test_ds = make_dataset(cfg, domain_records(cfg, "target", "test"), codec, train=False)
+        test_records = test_ds.records
+        test_loader = make_loader(cfg, test_ds, cfg.ccssl.batch_size, shuffle=False)
+        evaluate_fn = partial(_evaluate_on, loader=test_loader, records=test_records, codec=codec, ctx=ctx,
+                              prefix="target_test/")
+
+        epochs = cfg.train.epochs
+        steps = w.steps_per_epoch or max(1, len(animal_ds) // (bs * world))
+        total = epochs * steps if not cfg.train.max_steps else min(epochs * steps, cfg.train.max_steps)
+        with torch.random.fork_rng(devices=[]):  # the discriminator's initial weights depend on the seed only
+            torch.manual_seed(epoch_seed(cfg.seed, 424_242))
+            adversary = wscda.build_adversary(w, _feature_channels(cfg), total)
+        model, trainer = build(cfg, ctx, extra_modules={"domain_adversary": adversary})
+        ctx.tracker.set_tags({"selection": "none: the last checkpoint is reported", "wscda_mode": w.mode,
+                              "target_labelled": str(len(pick))})
+
+        def batches(epoch):
+            return MixedBatches({k: make_loader(cfg, ds, bs, shuffle=True, epoch=epoch + WSCDA_OFFSETS[k],
+                                                info=ctx.dist, drop_last=True) for k, ds in sources.items()}, steps)
+
+        if trainer.epoch < epochs:
+            trainer.fit(partial(wscda_step, adversary=adversary, cfg=w), batches, epochs, evaluate=evaluate_fn,
+                        select=None, desc=f"WS-CDA ({w.mode})")
+
+        if w.pplo_rounds:
+            # PPLO reuses CC-SSL's pseudo-labeller and curriculum with the rising pplo_keep share
+            pctx = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, ccssl=wscda.pplo_ccssl_config(cfg.ccssl, w)))
+            pl_ds = target_eval_ds if not pick.size else make_dataset(cfg, unlabelled_records, codec, train=False)
+            pl_records = pl_ds.records
+            pl_steps = w.pplo_steps or max(1, len(pl_records) // (bs * world))
+            for r in range(max(0, trainer.epoch - epochs), w.pplo_rounds):
+                labels, cached = load_or_generate_labels(pctx, model, codec, pl_ds, pl_records, r)
+                stats = {"pplo/round": r, "pplo/kept_fraction": float(labels.kept.mean()),
+                         "pplo/mean_confidence": float(labels.confidence.mean()), "pplo/cached": float(cached)}
+                stats.update({f"pplo/{k.split('/', 1)[1]}": v for k, v in label_accuracy(labels, pl_records).items()})
+                ctx.tracker.log_metrics(stats, step=r)
+                if ctx.is_main:
+                    vis = ctx.run_dir / "pseudo_labels"
+                    _plot_confidence(labels, vis / f"confidence_round_{r:02d}.png", f"PPLO round {r}: confidence")
+                    _draw_pseudo_labels(pl_records, labels, vis / f"kept_round_{r:02d}.png")
+                    for name in (f"confidence_round_{r:02d}.png", f"kept_round_{r:02d}.png"):
+                        if (vis / name).is_file():
+                            ctx.tracker.log_artifact(vis / name, "pseudo_labels")
+                    print(f"PPLO round {r}: kept {stats['pplo/kept_fraction']:.0%} of joints; pseudo-label accuracy "
+                          f"kept {stats['pplo/acc_kept']:.1f} / rejected {stats['pplo/acc_rejected']:.1f}"
+                          f" (diagnostic, target train labels)")
+                labelled = target_train_ds.with_keypoints(labels.as_labels())
+
+                def pplo_batches(epoch, labelled=labelled):
+                    return MixedBatches({
+                        "source": make_loader(cfg, animal_ds, bs, shuffle=True, epoch=epoch, info=ctx.dist,
+                                              drop_last=True),
+                        "target": make_loader(cfg, labelled, bs, shuffle=True, epoch=epoch + 100_000, info=ctx.dist,
+                                              drop_last=True)}, pl_steps)
+
+                trainer.round = r
+                trainer.fit(partial(ccssl_step, gamma=cfg.ccssl.gamma), pplo_batches, epochs + r + 1,
+                            evaluate=evaluate_fn, select=None, desc=f"PPLO round {r + 1}/{w.pplo_rounds}")
+        if ctx.is_main:
+            metrics = report_target(ctx, model, codec, test_records, test_ds, step=trainer.step)
+            ctx.tracker.log_artifact(ctx.run_dir / "last.pt", "checkpoint")
+            after = f" + {w.pplo_rounds} PPLO rounds" if w.pplo_rounds else ""
+            print_table(metrics, "target_test/", f"{cfg.name}: target test after WS-CDA ({w.mode}){after}")
+            return metrics
+        return {}

@@ -183,6 +183,14 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
+def _number_array(value) -> np.ndarray | None:
+    """``value`` as a float64 array, or None when it is not a (nested) list of numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _check_joint_map(joint_map, num_coco: int, num_joints: int, path: Path) -> np.ndarray:
     pairs = np.asarray(joint_map, dtype=np.int64).reshape(-1, 2) if len(joint_map) else np.zeros((0, 2), np.int64)
     if len(pairs) and (
@@ -229,8 +237,10 @@ def load_coco(
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         try:
             coco.createIndex()
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise DataError(f"{ann_file}: malformed COCO structure (missing {exc}); expected COCO keypoints") from None
+        except TypeError as exc:
+            raise DataError(f"{ann_file}: malformed COCO structure ({exc}); expected COCO keypoints") from None
 
     cats = {c["id"]: c for c in doc["categories"] if isinstance(c, dict) and "id" in c}
     exists: dict[str, bool] = {}  # file_name -> is a file (several instances share an image)
@@ -256,11 +266,12 @@ def load_coco(
                 else:
                     maps[cat["id"]] = _check_joint_map(joint_map, k, num_joints, ann_file)
             pairs = maps[cat["id"]]
-            kp = np.asarray(ann.get("keypoints", []), dtype=np.float64)
-            if kp.shape != (3 * k,) or not np.isfinite(kp).all():
-                raise DataError(
-                    f"{ann_file}: annotation {ann_id} has {kp.size} keypoint values, expected {3 * k} finite"
-                )
+            kp = _number_array(ann.get("keypoints", []))
+            if kp is None or kp.shape != (3 * k,):
+                size = "non-numeric" if kp is None else kp.size
+                raise DataError(f"{ann_file}: annotation {ann_id} has {size} keypoint values, expected {3 * k} numbers")
+            if not np.isfinite(kp).all():
+                raise DataError(f"{ann_file}: annotation {ann_id} has NaN or infinite keypoint values")
             kp = kp.reshape(k, 3)
             joints = np.zeros((num_joints, 3), dtype=np.float32)
             src, dst = pairs[:, 0], pairs[:, 1]
@@ -273,6 +284,8 @@ def load_coco(
             if image is None or "file_name" not in image:
                 raise DataError(f"{ann_file}: annotation {ann_id} refers to unknown image {ann['image_id']}")
             name = image["file_name"]
+            if not isinstance(name, str) or not name:
+                raise DataError(f"{ann_file}: image {ann['image_id']} has file_name {name!r}, expected a file name")
             if name not in exists:
                 exists[name] = (image_root / name).is_file()
             if not exists[name]:
@@ -289,7 +302,8 @@ def load_coco(
             bbox = np.array([jx0, jy0, vis[:, 0].max() - jx0, vis[:, 1].max() - jy0], dtype=np.float32)
         else:
             bbox = np.zeros(4, dtype=np.float32)
-        obj = np.asarray(ann.get("bbox", [0, 0, 0, 0]), dtype=np.float32).reshape(-1)
+        obj = _number_array(ann.get("bbox", [0, 0, 0, 0]))  # unusable box: taken from the keypoints
+        obj = np.zeros(0, np.float32) if obj is None else obj.astype(np.float32).reshape(-1)
         if obj.shape != (4,) or not np.isfinite(obj).all() or max(obj[2], obj[3]) <= 0:
             lab = kp[kp[:, 2] > 0]
             obj = (

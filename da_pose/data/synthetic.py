@@ -139,7 +139,7 @@ def read_kpts(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # a malformed header raises ValueError, EOFError, tokenize errors, ...
         raise DataError(f"{path}: unreadable keypoint file ({exc}); expected a (V, 3) float .npy") from None
     if arr.ndim != 2 or arr.shape[1] != 3 or not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"{path}: keypoints of shape {arr.shape} ({arr.dtype}), expected (V, 3) float")

@@ -369,7 +369,7 @@ def read_split_file(path: str | os.PathLike, length: int) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: split file not found (expected a 1-D int64 .npy of positions)") from None
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # a malformed header raises ValueError, EOFError, tokenize errors, ...
         raise DataError(f"{path}: unreadable split file ({exc}); expected a 1-D int64 .npy") from None
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise DataError(f"{path}: split of shape {arr.shape} ({arr.dtype}); expected 1-D integers")

@@ -179,7 +179,8 @@ def _camera(rng: np.random.Generator, style: Style) -> dict:
         "blur": _uniform(rng, style.blur),
         "noise": _uniform(rng, style.noise),
         "gain": 1 + style.gain * rng.standard_normal(3),
-        "quality": int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1)),
+        # clamped: a preset's gap above 1 extrapolates the knobs
+        "quality": int(np.clip(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1), 5, 100)),
     }
 
 

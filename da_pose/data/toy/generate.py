@@ -103,10 +103,6 @@ def _run(task: tuple):
     return kind, args, _TASKS[kind](*args)
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already
-
-
 def _context():
     """Fork where it is safe: workers then need no re-import of the caller's ``__main__``
     (spawn would re-run an unguarded script). Workers use only numpy and single-threaded
@@ -134,7 +130,7 @@ def _prepare_folder(out: Path) -> None:
             generated = json.loads(manifest.read_text()).get("generator") == "da_pose.data.toy"
         except (OSError, ValueError):
             generated = False
-    ours = {"manifest.json", SOURCE_ROOT, TARGET_ROOT, OTHER_ROOT}
+    ours = {"manifest.json", ".manifest.json.tmp", SOURCE_ROOT, TARGET_ROOT, OTHER_ROOT}
     if not generated or any(p.name not in ours for p in entries):
         raise ConfigError(
             f"{out}: folder is not empty and not a benchmark written by this generator "
@@ -191,11 +187,17 @@ def generate(
     shots: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     others: list = []
     bar = tqdm(total=total, desc=f"generate {p.name}", unit="img", disable=not progress)
+    cv_threads = cv2.getNumThreads()
     if workers == 1:
         results = map(_run, tasks)
         pool = None
     else:
-        pool = _context().Pool(min(workers, len(tasks)), initializer=_init_worker)
+        # Stop OpenCV's thread pool before forking: a child inherits the pool's state but not
+        # its threads, and would wait for them forever. Children run OpenCV single-threaded.
+        cv2.setNumThreads(1)
+        ctx = _context()
+        spawned = ctx.get_start_method() == "spawn"
+        pool = ctx.Pool(min(workers, len(tasks)), initializer=cv2.setNumThreads if spawned else None, initargs=(1,) if spawned else ())
         results = pool.imap(_run, tasks, chunksize=1)
     try:
         for task, (kind, args, result) in zip(tasks, results):
@@ -209,6 +211,7 @@ def generate(
         if pool is not None:
             pool.terminate()
             pool.join()
+            cv2.setNumThreads(cv_threads)
 
     target = _write_target_index(out, p, seed, shots)
     other = _write_other_index(out, p, others)

@@ -49,7 +49,7 @@ occlusion           0.0               0.35              0.15              probab
 light               0.0               0.6               0.3               global light ramp and vignette
 gain                0.0               0.08              0.05              s.d. of per-channel white balance
 blur                (0.0, 0.0)        (0.4, 1.4)        (0.0, 0.8)        Gaussian blur sigma, pixels
-noise               (0.0, 1.0)        (2.0, 7.0)        (0.0, 4.0)        sensor noise s.d., grey levels
+noise               (0.0, 0.0)        (2.0, 7.0)        (0.0, 4.0)        sensor noise s.d., grey levels
 jpeg_quality        (95, 95)          (55, 85)          (70, 92)          JPEG quality (JPEG domains only)
 =================== ================= ================= ================= =====================================
 
@@ -102,7 +102,7 @@ class Style:
     light: float = 0.0
     gain: float = 0.0
     blur: tuple[float, float] = (0.0, 0.0)
-    noise: tuple[float, float] = (0.0, 1.0)
+    noise: tuple[float, float] = (0.0, 0.0)
     jpeg_quality: tuple[int, int] = (95, 95)
 
 

@@ -1,0 +1,125 @@
+"""Embedded-benchmark generator: images/s with one worker vs several (the parallel speed-up).
+
+    python scripts/bench/generate.py                      # reduced demo preset, workers 1 vs 2
+    python scripts/bench/generate.py --source 64 --videos 6 --frames 16 --other 32 --workers 4
+
+Both runs render the same reduced ``demo`` preset (``dataclasses.replace(PRESETS["demo"], ...)``)
+with the same seed into fresh temporary folders, one after the other, and the table reports the
+ratio measured side by side, so a busy shared machine slows both alike. The generator promises
+the same bytes whatever ``workers`` is; the table says whether the two outputs were identical.
+
+Prints the machine line, then a markdown table: measurement, images/s of each run, ratio, target.
+The target is 0.8 x min(workers, CPU count): the renderer is CPU-bound numpy/OpenCV in separate
+processes, so anything well below linear points at serial work (the parent's index writing, task
+granularity) or at other people's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from da_pose.data.toy.generate import generate
+from da_pose.data.toy.presets import PRESETS
+from models import machine_line  # scripts/bench/models.py (the script's own folder)
+
+MAT_HEADER_TEXT = 116  # bytes of a MAT-file's descriptive header text (level 5 format)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=int, default=32, help="synthetic source images (640 x 480 PNG)")
+    parser.add_argument("--videos", type=int, default=4, help="target videos (shots)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per target video (480 x 360 JPEG)")
+    parser.add_argument("--other", type=int, default=32, help="other-species images (384 x 288 JPEG)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel run's worker processes")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternating runs of each setting; the fastest of each is kept")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if min(args.source, args.videos, args.frames) < 1 or args.other < 0:
+        parser.error("--source, --videos and --frames must be >= 1, --other >= 0")
+    if args.workers < 2 or args.repeats < 1:
+        parser.error("--workers must be >= 2 (compared with 1) and --repeats >= 1")
+    return args
+
+
+def folder_digest(root: Path) -> str:
+    """SHA-1 over every file's relative path and bytes, in sorted order (same bytes, same digest).
+
+    A MAT file's 116-byte header text holds its creation time, the one part a seed cannot fix:
+    it is skipped.
+    """
+    h = hashlib.sha1()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        data = p.read_bytes()
+        h.update(str(p.relative_to(root)).encode())
+        h.update(data[MAT_HEADER_TEXT:] if p.suffix == ".mat" else data)
+    return h.hexdigest()
+
+
+def timed_generate(preset, workers: int, seed: int) -> tuple[float, str]:
+    """Seconds to generate ``preset`` into a fresh temporary folder, and the output's digest.
+
+    Runs in the calling process; :func:`run_fresh` calls it in a new one.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        out = Path(tmp) / "data"
+        start = time.perf_counter()
+        generate(out, preset=preset, seed=seed, workers=workers, progress=False)
+        seconds = time.perf_counter() - start
+        return seconds, folder_digest(out)
+
+
+def run_fresh(preset, workers: int, seed: int) -> tuple[float, str]:
+    """:func:`timed_generate` in a freshly spawned process, so that every timed run starts alike.
+
+    It also keeps the generator's fork pool away from a parent whose OpenCV thread pool has
+    already run (an earlier inline run): a forked worker calling ``cv2.setNumThreads`` there was
+    seen to hang for good in ``pthread_cond_destroy``.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(timed_generate, preset, workers, seed).result()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # half of the other images go to val, the rest to train (the generator needs both splits' files)
+    preset = dataclasses.replace(
+        PRESETS["demo"], name="bench", source_train=args.source, source_val=0, target_videos=args.videos,
+        target_frames=args.frames, other_train=args.other - args.other // 4, other_val=args.other // 4,
+    )
+    images = args.source + args.videos * args.frames + args.other
+    best = {1: float("inf"), args.workers: float("inf")}
+    digests = {}
+    for _ in range(args.repeats):
+        for workers in (1, args.workers):
+            seconds, digests[workers] = run_fresh(preset, workers, args.seed)
+            best[workers] = min(best[workers], seconds)
+    serial, parallel = images / best[1], images / best[args.workers]
+    target = 0.8 * min(args.workers, os.cpu_count() or 1)
+    ratio = parallel / serial
+    same = "yes" if digests[1] == digests[args.workers] else "NO"
+
+    print(machine_line(torch.device("cpu")))
+    print(f"reduced demo preset: {args.source} source + {args.videos} x {args.frames} target + {args.other} other "
+          f"= {images} images, seed {args.seed}, best of {args.repeats}; same bytes with 1 and "
+          f"{args.workers} workers: {same}")
+    print()
+    print(f"| measurement | workers={args.workers} img/s | workers=1 img/s | ratio | target | met |")
+    print("|---|---:|---:|---:|---:|---|")
+    print(f"| generator parallel speed-up | {parallel:.1f} | {serial:.1f} | {ratio:.2f}x | >= {target:.1f}x | "
+          f"{'yes' if ratio >= target else 'no'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Paste the comparison table of an MLflow experiment into README.md, between markers.
+
+    python scripts/update_readme_results.py --experiment toy-demo --block demo
+    python scripts/update_readme_results.py --experiment toy-demo --block demo --check   # exit 1 if stale
+
+The block is exactly what ``da-pose compare`` prints (``da_pose.jobs.compare_markdown``), plus the
+commands that reproduce it; numbers are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from da_pose.jobs import collect_runs, compare_markdown, summarize_runs
+
+REPRODUCE = {
+    "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "
+            "`python scripts/update_readme_results.py --experiment toy-demo --block demo`.",
+    "benchmark": "Reproduce: `make benchmark`, then "
+                 "`python scripts/update_readme_results.py --experiment toy-benchmark --block benchmark`.",
+}
+
+
+def render(experiment: str, tracking_uri: str, block: str) -> str:
+    done, other = collect_runs(experiment, tracking_uri)
+    text = compare_markdown(experiment, summarize_runs(done), other)
+    return text + "\n" + REPRODUCE.get(block, "") + "\n"
+
+
+def replace_block(readme: str, block: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- results:{block} start -->\n)(.*?)(<!-- results:{block} end -->)", re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"README has no '<!-- results:{block} start/end -->' markers")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(3), readme)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--tracking-uri", default="sqlite:///mlruns.db")
+    ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--block", default="demo")
+    ap.add_argument("--check", action="store_true", help="exit 1 when the README block differs")
+    args = ap.parse_args(argv)
+    path = Path(args.readme)
+    old = path.read_text()
+    new = replace_block(old, args.block, render(args.experiment, args.tracking_uri, args.block))
+    if args.check:
+        if new != old:
+            print(f"{path}: results block '{args.block}' is out of date", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    print(f"updated block '{args.block}' of {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`compare` on a real SQLite MLflow store holding a few hand-made runs."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from da_pose import jobs
+from da_pose.data.skeleton import GROUPS, JOINTS
+from da_pose.tracking import MlflowTracker
+
+
+def log_run(uri, name, method, seed, mean, status="FINISHED"):
+    tr = MlflowTracker(uri, "cmp", name, tags={"method": method, "backbone": "hourglass", "seed": str(seed)})
+    if mean is not None:
+        metrics = {f"target_test/pck@0.05_crop/{n}": mean for n in list(JOINTS) + list(GROUPS)}
+        metrics["target_test/pck@0.05_crop/mean"] = mean
+        metrics["target_test/pck@0.05_crop/eye"] = mean + 1.0
+        tr.log_metrics(metrics, step=5)
+    tr.end(status)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cmp")
+    uri = f"sqlite:///{d}/mlruns.db"
+    log_run(uri, "src0", "source_only", 0, 40.0)
+    log_run(uri, "src1", "source_only", 1, 44.0)
+    log_run(uri, "cc0", "ccssl", 0, 50.0)
+    log_run(uri, "cc1", "ccssl", 1, 54.0)
+    log_run(uri, "orc0", "oracle", 0, 62.0)
+    log_run(uri, "ws-broken", "wscda", 0, 99.0, status="FAILED")
+    log_run(uri, "ws-nometrics", "wscda", 1, None)
+    return d, uri
+
+
+def test_summary_mean_std_and_gap(store):
+    _, uri = store
+    done, other = jobs.collect_runs("cmp", uri)
+    assert sorted(r["name"] for r in done) == ["cc0", "cc1", "orc0", "src0", "src1"]
+    assert sorted((r["name"], r["status"]) for r in other) == [("ws-broken", "FAILED"), ("ws-nometrics", "FINISHED")]
+    rows = {r["method"]: r for r in jobs.summarize_runs(done)}
+    assert list(rows) == ["source_only", "ccssl", "oracle"]
+    cc = rows["ccssl"]
+    assert cc["n"] == 2 and cc["mean"]["pck@0.05_crop/mean"] == pytest.approx(52.0)
+    assert cc["std"]["pck@0.05_crop/mean"] == pytest.approx(np.std([50.0, 54.0], ddof=1))
+    # gap recovered = (52 - 42) / (62 - 42)
+    assert cc["gap_recovered"] == pytest.approx(0.5)
+    assert rows["oracle"]["gap_recovered"] == pytest.approx(1.0)
+    assert rows["source_only"]["gap_recovered"] == pytest.approx(0.0)
+
+
+def test_markdown_table_and_files(store, capsys):
+    d, uri = store
+    text = jobs.run_compare("cmp", uri, d / "out", log=True)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| method"))
+    assert header.split("|")[1:4] == [" method ", " backbone ", " runs "]
+    cc = next(line for line in lines if line.startswith("| ccssl"))
+    assert "| 53.0 ± 2.8 |" in cc  # eye = mean + 1, std of (51, 55)
+    assert cc.rstrip().endswith("| 50 % |")
+    assert "ws-broken (wscda, hourglass, seed 0): FAILED" in text
+    for name in ("compare.md", "compare_group.csv", "compare_joint.csv", "compare.png", "compare.json"):
+        assert (d / "out" / name).stat().st_size > 0
+    # the summary run is not itself compared
+    done, _ = jobs.collect_runs("cmp", uri)
+    assert len(done) == 5
+
+
+def test_readme_block_is_what_the_script_generates(store, tmp_path):
+    _, uri = store
+    spec = importlib.util.spec_from_file_location("update_readme", Path(__file__).parents[1] / "scripts" / "update_readme_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:demo start -->\nold\n<!-- results:demo end -->\nrest\n")
+    assert mod.main(["--experiment", "cmp", "--tracking-uri", uri, "--readme", str(readme), "--check"]) == 1
+    assert mod.main(["--experiment", "cmp", "--tracking-uri", uri, "--readme", str(readme)]) == 0
+    assert mod.main(["--experiment", "cmp", "--tracking-uri", uri, "--readme", str(readme), "--check"]) == 0
+    body = readme.read_text()
+    assert body.startswith("intro\n") and body.endswith("rest\n")
+    assert jobs.compare_markdown("cmp", jobs.summarize_runs(jobs.collect_runs("cmp", uri)[0]),
+                                 jobs.collect_runs("cmp", uri)[1]) in body
+
+
+def test_missing_experiment_is_a_clear_error(store):
+    _, uri = store
+    from da_pose.errors import DaPoseError
+
+    with pytest.raises(DaPoseError, match="no MLflow experiment 'nope'"):
+        jobs.collect_runs("nope", uri)
