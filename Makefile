@@ -39,7 +39,7 @@ demo: install
 	bash scripts/demo.sh $(BIN) $(DEMO_DIR) $(DEMO_SEED)
 
 bench: install
-	$(BIN)/python scripts/bench/models.py
+	$(BIN)/python scripts/bench/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -107,17 +107,22 @@ def open_run(cfg: Config, command: str) -> Iterator[RunContext]:
         )
     tracker = NullTracker()
     if info.is_main:
+        # the folder first: an unusable out_dir must fail before an MLflow run exists
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}") from None
         tracker = MlflowTracker(cfg.tracking_uri, cfg.experiment, cfg.name, run_id=run_id,
                                 tags=run_tags(cfg, command))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": cfg.tracking_uri,
-                                          "command": command}, indent=1))
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        tracker.log_params(flatten(cfg))
-        tracker.log_artifact(run_dir / "config.yaml")
     ctx = RunContext(cfg, run_dir, tracker, device, info, resume_from)
     status = "FINISHED"
     try:
+        if info.is_main:
+            state_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": cfg.tracking_uri,
+                                              "command": command}, indent=1))
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            tracker.log_params(flatten(cfg))
+            tracker.log_artifact(run_dir / "config.yaml")
         yield ctx
     except KeyboardInterrupt:
         status = "KILLED"
@@ -223,7 +228,7 @@ def write_metric_tables(metrics: dict, out: Path, prefix: str, title: str) -> st
 def draw_prediction_grid(records: Sequence[PoseRecord], preds, path: Path, n: int = 12) -> None:
     import cv2
 
-    from da_pose.viz import prediction_grid
+    from da_pose.viz import crop_matrix, prediction_grid
 
     if len(preds.indices) == 0:
         return
@@ -235,13 +240,12 @@ def draw_prediction_grid(records: Sequence[PoseRecord], preds, path: Path, n: in
         img = cv2.imread(str(rec.image_path), cv2.IMREAD_COLOR)
         if img is None:
             continue
-        s = size / rec.side
-        affine = np.array([[s, 0, size / 2 - s * rec.center[0]], [0, s, size / 2 - s * rec.center[1]]])
+        affine = crop_matrix(rec.center, rec.side, size)
         crops.append(cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR))
         pts = np.concatenate([preds.coords[row], np.ones((NUM_JOINTS, 1), np.float32)], axis=1)
-        pts[:, :2] = pts[:, :2] * s + affine[:, 2]
+        pts[:, :2] = pts[:, :2] @ affine[:, :2].T + affine[:, 2]
         gt = rec.keypoints.copy()
-        gt[:, :2] = gt[:, :2] * s + affine[:, 2]
+        gt[:, :2] = gt[:, :2] @ affine[:, :2].T + affine[:, 2]
         pk.append(pts)
         gk.append(gt)
     if crops:
@@ -250,6 +254,7 @@ def draw_prediction_grid(records: Sequence[PoseRecord], preds, path: Path, n: in
 
 # ------------------------------------------------------------------------------------ model
 def build(cfg: Config, ctx: RunContext, extra_modules=None) -> tuple[torch.nn.Module, Trainer]:
+    torch.manual_seed(cfg.seed)  # same seed, same initial weights, whatever ran before
     model = build_model(cfg.model, NUM_JOINTS)
     trainer = Trainer(model, cfg.train, device=ctx.device, run_dir=ctx.run_dir, seed=cfg.seed, tracker=ctx.tracker,
                       arch=arch_of(cfg), config_yaml=dump_yaml(cfg), dist_info=ctx.dist, extra_modules=extra_modules)
@@ -360,7 +365,8 @@ def config_from_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> C
     ckpt = checkpoint.load(path)
     text = ckpt.get("config") or ""
     if not text:
-        raise ConfigError(f"{path} carries no config; pass --config with the model settings")
+        raise ConfigError(f"{path} carries no config (a bare state dict?); evaluate and predict need a checkpoint "
+                          "written by da-pose pretrain, finetune or adapt as --checkpoint")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(text)
     try:
@@ -822,6 +828,8 @@ def run_wscda(cfg: Config) -> dict:
             torch.manual_seed(epoch_seed(cfg.seed, 424_242))
             adversary = wscda.build_adversary(w, _feature_channels(cfg), total)
         model, trainer = build(cfg, ctx, extra_modules={"domain_adversary": adversary})
+        if ctx.dist.enabled:  # the trainer wraps only the pose model in DDP
+            wscda.average_gradients_over_ranks(adversary.disc)
         ctx.tracker.set_tags({"selection": "none: the last checkpoint is reported", "wscda_mode": w.mode,
                               "target_labelled": str(len(pick))})
 

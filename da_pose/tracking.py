@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -170,18 +171,30 @@ class MlflowTracker:
                 killed.append(run.info.run_id)
         return killed
 
+    @contextmanager
+    def _store(self, what: str):
+        """A store that fails mid-run (server gone, disk full, database damaged) is one
+        TrackingError line; the run stops and its last checkpoint stays for --resume auto."""
+        try:
+            yield
+        except Exception as exc:  # MlflowException, SQLAlchemy errors, OSError, ...
+            msg = " ".join(str(exc).split("[SQL:")[0].split()) or type(exc).__name__
+            raise TrackingError(f"MLflow store {self.uri}: {what} failed ({msg[:300]})") from None
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = self.client.get_run(self.run_id).data.params
-        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        with self._store("logging params"):
+            existing = self.client.get_run(self.run_id).data.params
+            items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with self._store("setting tags"):
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -189,11 +202,13 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         items = [Metric(mlflow_key(k), float(v), now, step or 0)
                  for k, v in metrics.items() if v == v]  # NaN (never visible) is not logged
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+        with self._store("logging metrics"):
+            for i in range(0, len(items), 500):
+                self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with self._store(f"logging artifact {path}"):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         try:

@@ -71,6 +71,21 @@ def empty_yaml(tmp_path) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty, initialised MLflow SQLite store (creating one costs ~20 s of migrations)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def fresh_store(template: Path, path: Path) -> str:
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
 def bench(tiny_benchmark, tmp_path) -> Path:
     """A private copy of the tiny benchmark that a test may corrupt."""
@@ -219,7 +234,8 @@ CORRUPTIONS = {
 def test_data_show_corrupt_inputs(name, bench, tmp_path, capsys):
     corrupt, domain, split, rc, warning, strict_rc, error = CORRUPTIONS[name]
     bad = corrupt(bench)
-    args = ["data", "show", "--data", f"{bench}#{domain}", "--split", split, "-n", "64", "--out", str(tmp_path / "s.png")]
+    args = ["data", "show", "--data", f"{bench}#{domain}", "--split", split, "-n", "64",
+            "--out", str(tmp_path / "s.png")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, _, err = call(args, capsys)
@@ -342,7 +358,8 @@ def _text_file(path, cfg):
 
 
 CKPT_FAULTS = {
-    "another joint count": (_other_joints, [], ["trained with another model", "num_joints: checkpoint 17 vs config 18"]),
+    "another joint count": (_other_joints, [],
+                            ["trained with another model", "num_joints: checkpoint 17 vs config 18"]),
     "another joint count, no arch": (_other_joints_no_arch, [], ["does not fit the model", "another shape"]),
     "another architecture": (None, ["model.features=32"], ["features: checkpoint 16 vs config 32"]),
     "another backbone": (None, ["model.backbone=resnet18"], ["backbone: checkpoint 'hourglass' vs config 'resnet18'"]),
@@ -370,8 +387,6 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys):
     one_error(err, "checkpoint not found", "none.pt")
 
 
-@pytest.mark.xfail(strict=True, reason="jobs.config_from_checkpoint tells the user to 'pass --config', an option "
-                                       "that evaluate/predict do not have (jobs.py, reported to the lead)")
 def test_bare_state_dict_error_names_a_real_option(tiny_ckpt, capsys):
     path, cfg = tiny_ckpt
     checkpoint.save(path, {"model": build_model(cfg.model, 18).state_dict()})
@@ -405,8 +420,9 @@ def test_tracking_store_folder_missing(tiny_benchmark, empty_yaml, tmp_path, cap
 
 # ----------------------------------------------------------------------------------- runs
 @pytest.mark.slow
-def test_nan_loss_exit_code(tiny_benchmark, empty_yaml, tmp_path, capsys, monkeypatch):
-    over = tiny_overrides(tiny_benchmark, tmp_path, "nan") + ["train.epochs=3"]
+def test_nan_loss_exit_code(tiny_benchmark, empty_yaml, tmp_path, capsys, monkeypatch, mlflow_template):
+    uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
+    over = tiny_overrides(tiny_benchmark, tmp_path, "nan", uri) + ["train.epochs=2", "train.eval_every=10"]
     calls = {"n": 0}
     real = jobs.supervised_step
 
@@ -425,10 +441,11 @@ def test_nan_loss_exit_code(tiny_benchmark, empty_yaml, tmp_path, capsys, monkey
 
 
 @pytest.mark.slow
-def test_out_dir_that_is_a_file(tiny_benchmark, empty_yaml, tmp_path, capsys):
+def test_out_dir_that_is_a_file(tiny_benchmark, empty_yaml, tmp_path, capsys, mlflow_template):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the run folder should go\n")
-    over = tiny_overrides(tiny_benchmark, tmp_path, "blocked") + [f"out_dir={blocker}"]
+    uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
+    over = tiny_overrides(tiny_benchmark, tmp_path, "blocked", uri) + [f"out_dir={blocker}"]
     code, _, err = call(["pretrain", str(empty_yaml), *as_sets(over)], capsys)
     assert code == 1
     one_error(err, str(blocker))

@@ -257,6 +257,25 @@ def build_adversary(cfg: WSCDAConfig, feature_channels: int, total_steps: int) -
                            grl_warmup=cfg.grl_warmup, disc_lr=cfg.disc_lr)
 
 
+def average_gradients_over_ranks(module: nn.Module, group=None) -> list:
+    """Data-parallel training for a module the trainer does not wrap in DDP (torchrun): each
+    parameter's gradient is averaged over the ranks as soon as backward has accumulated it.
+
+    The collectives run on a process group of their own, so they never interleave with the
+    buckets DDP all-reduces for the pose model. Call it on every rank; returns the hook handles.
+    """
+    import torch.distributed as tdist
+
+    group = group if group is not None else tdist.new_group()
+    world = tdist.get_world_size(group)
+
+    def hook(p: Tensor) -> None:
+        tdist.all_reduce(p.grad, group=group)
+        p.grad.div_(world)
+
+    return [p.register_post_accumulate_grad_hook(hook) for p in module.parameters()]
+
+
 # ---------------------------------------------------------------------------------- data
 class DomainTagged(Dataset):
     """A dataset whose items also carry ``domain`` = float32 (2,) ``[y, z]``.

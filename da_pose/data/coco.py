@@ -242,6 +242,11 @@ def load_coco(
         except TypeError as exc:
             raise DataError(f"{ann_file}: malformed COCO structure ({exc}); expected COCO keypoints") from None
 
+    # COCO ids are integers; records carry them (frame = image id) and are sorted by annotation id
+    for kind, ids in (("annotation", coco.anns), ("image", coco.imgs)):
+        odd = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
+        if odd:
+            raise DataError(f"{ann_file}: {kind} id {odd[0]!r} is not an integer; expected COCO keypoints")
     cats = {c["id"]: c for c in doc["categories"] if isinstance(c, dict) and "id" in c}
     exists: dict[str, bool] = {}  # file_name -> is a file (several instances share an image)
     maps: dict[int, np.ndarray] = {}

@@ -96,7 +96,8 @@ def bench_root(wanted: str, images: int, tmp: str) -> tuple[Path, str]:
     preset = dataclasses.replace(PRESETS["tiny"], target_videos=5, target_frames=frames)
     root = Path(tmp) / "bench"
     generate(root, preset=preset, seed=0, workers=min(2, os.cpu_count() or 1), progress=False)
-    return root, f"generated tiny preset, 5 videos x {frames} frames (target train split; {wanted or '-'} has no manifest.json)"
+    return root, (f"generated tiny preset, 5 videos x {frames} frames (target train split; "
+                  f"{wanted or '-'} has no manifest.json)")
 
 
 class OneViewAtATime(nn.Module):

@@ -318,3 +318,44 @@ def test_config_checks_and_pplo_settings():
     assert pcfg.num_transforms == 2 and pcfg.rounds == 2
     conv = wscda.build_adversary(WSCDAConfig(disc="conv", disc_hidden=8, mode="minmax"), 8, 10)
     assert conv(torch.randn(2, 8, 4, 4)).shape == (2, 2) and conv.optimizer is not None
+
+
+def _rank_grads(rank, world, port, out):
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial weights on every rank
+        disc = DomainDiscriminator(4, hidden=8, num_domains=2)
+        wscda.average_gradients_over_ranks(disc)
+        g = torch.Generator().manual_seed(100 + rank)  # a different batch on every rank
+        feats, y = torch.randn(3, 4, generator=g), torch.tensor([0.0, 1.0, 1.0])
+        ddl_loss(disc(feats), y, y)["ddl"].backward()
+        torch.save([p.grad for p in disc.parameters()], f"{out}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_discriminator_gradients_are_averaged_over_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_grads, args=(2, port, str(tmp_path)), nprocs=2)
+    synced = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # the expected average, computed in this process from the two ranks' batches
+    expected = []
+    for rank in range(2):
+        torch.manual_seed(0)
+        disc = DomainDiscriminator(4, hidden=8, num_domains=2)
+        g = torch.Generator().manual_seed(100 + rank)
+        feats, y = torch.randn(3, 4, generator=g), torch.tensor([0.0, 1.0, 1.0])
+        ddl_loss(disc(feats), y, y)["ddl"].backward()
+        expected.append([p.grad for p in disc.parameters()])
+    for a, b, e0, e1 in zip(*synced, *expected):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, (e0 + e1) / 2, atol=1e-6)

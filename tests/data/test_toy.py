@@ -15,7 +15,7 @@ import pytest
 from da_pose.data import manifest, synthetic, tigdog
 from da_pose.data.skeleton import JOINTS, NUM_JOINTS
 from da_pose.data.toy import PRESETS, body, domains, generate, get_preset, render
-from da_pose.data.toy.generate import sample_rng, visible_positions
+from da_pose.data.toy.generate import _write_target_index, sample_rng, visible_positions
 from da_pose.data.toy.presets import SOURCE, TARGET, Preset, check_preset, gap_knobs, mix_styles
 from da_pose.errors import ConfigError
 
@@ -35,7 +35,8 @@ def _hashes(root: Path) -> dict[str, str]:
     for p in sorted(root.rglob("*")):
         if p.is_file():
             data = p.read_bytes()
-            out[str(p.relative_to(root))] = hashlib.sha256(data[MAT_HEADER_TEXT:] if p.suffix == ".mat" else data).hexdigest()
+            data = data[MAT_HEADER_TEXT:] if p.suffix == ".mat" else data
+            out[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()
     return out
 
 
@@ -85,7 +86,8 @@ def test_manifest_matches_schema(bench):
     )
     src, tgt, oth = (m["domains"][k] for k in ("source", "target", "other"))
     assert set(src) == {"format", "root", "species", "vertex_ids", "count", "split", "crop_factor"}
-    assert (src["format"], src["root"], src["species"], src["crop_factor"]) == ("synthetic", "synthetic_animal", "toyhorse", 1.25)
+    assert (src["format"], src["root"], src["species"]) == ("synthetic", "synthetic_animal", "toyhorse")
+    assert src["crop_factor"] == 1.25
     assert src["count"] == 6 and src["split"] == {"train": 4, "val": 2}
     assert len(set(src["vertex_ids"])) == 18 and max(src["vertex_ids"]) < domains.NUM_VERTICES
     assert set(tgt) == {"format", "root", "species", "count", "videos", "split", "split_files", "crop_factor"}
@@ -129,7 +131,9 @@ def test_refuses_foreign_folder_and_regenerates_own(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
         generate(tmp_path, TINY, workers=1, progress=False)
-    small = dataclasses.replace(TINY, source_train=2, source_val=1, target_videos=1, target_frames=2, other_train=1, other_val=0)
+    small = dataclasses.replace(
+        TINY, source_train=2, source_val=1, target_videos=1, target_frames=2, other_train=1, other_val=0
+    )
     out = tmp_path / "bench"
     generate(out, TINY, workers=1, progress=False)
     generate(out, small, workers=1, progress=False)  # no files of the larger run may remain
@@ -186,8 +190,9 @@ def test_target_round_trip_and_split_positions(bench):
     everything = manifest.load_domain(root, "target", "all")
     kept = visible_positions(shots)
     assert len(everything) == entry["count"] == len(kept)
-    for rec, (shot, f) in zip(everything, kept):
+    for rec, (shot, f, position) in zip(everything, kept):
         assert (rec.video, rec.frame) == (shot, 1 + (shot - 1) * TINY.target_frames + f)
+        assert rec.extra["position"] == position
         np.testing.assert_allclose(rec.keypoints[:, :2], shots[shot][0][f, :NUM_JOINTS], atol=1e-4)
         assert np.array_equal(rec.keypoints[:, 2], shots[shot][1][f, :NUM_JOINTS])
     train = manifest.load_domain(root, "target", "train")
@@ -195,6 +200,38 @@ def test_target_round_trip_and_split_positions(bench):
     assert (len(train), len(test)) == (entry["split"]["train"], entry["split"]["test"])
     assert not {r.video for r in train} & {r.video for r in test}  # split by video
     assert len({r.video for r in test}) == 1  # one of two shots (about a fifth, at least one)
+
+
+def test_split_positions_list_kept_frames_in_the_unfiltered_numbering(tmp_path):
+    """Frames with fewer than 10 visible joints are dropped by the loader; the split files
+    list only kept frames, by their place in the unfiltered list (the published numbering),
+    and the loader must find exactly the generated split."""
+    preset = dataclasses.replace(TINY, target_videos=3, target_frames=3, target_test_fraction=0.34)
+    root = tmp_path / "behaviorDiscovery2.0"
+    rng = np.random.default_rng(0)
+    shots = {}
+    for shot in (1, 2, 3):
+        coords = rng.uniform(5, 300, size=(3, 19, 2))
+        vis = np.ones((3, 19))
+        vis[shot % 3, :9] = 0  # one frame per shot keeps only 9 of the 18 joints
+        coords[vis == 0] = 0
+        tigdog.write_landmarks(tigdog.landmarks_path(root, "toyhorse", shot), coords, vis)
+        for f in range(3):
+            tigdog.write_frame(root, "toyhorse", 1 + (shot - 1) * 3 + f, np.zeros((8, 8, 3), np.uint8))
+        shots[shot] = (coords, vis)
+    entry = _write_target_index(tmp_path, preset, 0, shots)
+    files = {k: tmp_path / v for k, v in entry["split_files"].items()}
+    train = tigdog.load_tigdog(root, "toyhorse", "train", split_files=files)
+    test = tigdog.load_tigdog(root, "toyhorse", "test", split_files=files)
+    assert entry["count"] == 6 and (len(train), len(test)) == (entry["split"]["train"], entry["split"]["test"])
+    assert len(test) == 2 and len({r.video for r in test}) == 1  # one whole shot of three
+    assert not {r.video for r in train} & {r.video for r in test}
+    for rec in train + test:  # every loaded frame is a kept frame of its shot, labels intact
+        f = rec.frame - 1 - (rec.video - 1) * 3
+        assert f != rec.video % 3 and rec.extra["position"] == rec.frame - 1
+        np.testing.assert_allclose(rec.keypoints[:, :2], shots[rec.video][0][f, :18], atol=1e-4)
+    positions = np.concatenate([np.load(f) for f in files.values()])
+    assert sorted(positions.tolist()) == [0, 2, 3, 4, 7, 8]  # positions 1, 5, 6 dropped: not listed
 
 
 def test_other_round_trip(bench):

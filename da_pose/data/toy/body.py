@@ -248,11 +248,11 @@ def quadruped(shape: QuadShape, pose: QuadPose) -> Figure:
     turned = _yaw_about(np.stack([head_pts[n] for n in names]), poll, pose.head_yaw)
     for n, xyz in zip(names, turned):
         p[Q[n]] = xyz
-    # Eyes sit on the sides of the head, looking somewhat forward (about 35 degrees).
+    # Eyes sit on the sides of the head and look 35 degrees forward of sideways (kept level
+    # whatever the head pitch): the far eye shows once head and body together turn about
+    # 60 degrees toward the camera, a three-quarter view.
     eye_normals = {
-        side: _yaw_about(
-            (0.57 * head_dir + np.array([0, 0, 0.82 * sign]))[None], np.zeros(3), pose.head_yaw
-        )[0]
+        side: _yaw_about(np.array([[0.57, 0.0, 0.82 * sign]]), np.zeros(3), pose.head_yaw)[0]
         for side, sign in (("left_eye", 1.0), ("right_eye", -1.0))
     }
 
@@ -279,18 +279,24 @@ def quadruped(shape: QuadShape, pose: QuadPose) -> Figure:
         Prim("mane", "capsule", (Q["mane_0"], Q["mane_1"]), (3.5 * r, 2.5 * r), "mane", 0, 1.15),
         Prim("head", "capsule", (Q["poll"], Q["head_mid"], Q["muzzle"]), (10 * r, 8.5 * r, 6 * r), "head", 0, 1.2),
         Prim("jaw", "capsule", (Q["throat"], Q["chin"]), (7 * r, 4.5 * r), "head", 0, 1.21),
-        Prim("tail", "capsule", (Q["hip"], Q["tail_1"], Q["tail_2"], Q["tail_tip"]), (3 * r, 4 * r, 5 * r, 5.5 * r), "mane", 0, 0.9),
+        Prim(
+            "tail", "capsule", (Q["hip"], Q["tail_1"], Q["tail_2"], Q["tail_tip"]),
+            (3 * r, 4 * r, 5 * r, 5.5 * r), "mane", 0, 0.9,
+        ),
     ]
     for side, sign in (("left", +1), ("right", -1)):
-        prims.append(Prim(f"{side}_ear", "polygon", (Q[f"{side}_ear"], Q[f"{side}_ear_tip"], Q["poll"]), (), "head", sign, 0.3))
+        ear = (Q[f"{side}_ear"], Q[f"{side}_ear_tip"], Q["poll"])
+        prims.append(Prim(f"{side}_ear", "polygon", ear, (), "head", sign, 0.3))
         prims.append(Prim(f"{side}_eye", "capsule", (Q[f"{side}_eye"],), (2.8 * r,), "eye", sign, 1.5))
     for k, (key, sign, root, upper, lower, hoof, toe) in enumerate(_QUAD_LEGS):
         front = k < 2
         top = (10 * r, 6.5 * r) if front else (14 * r, 8 * r)
-        prims.append(Prim(f"{key}_upper", "capsule", (Q[root], Q[upper], Q[lower]), (top[0], top[1], 4.5 * r), "body", sign, 0.5))
+        chain = (Q[root], Q[upper], Q[lower])
+        prims.append(Prim(f"{key}_upper", "capsule", chain, (top[0], top[1], 4.5 * r), "body", sign, 0.5))
         prims.append(Prim(f"{key}_lower", "capsule", (Q[lower], Q[hoof]), (4.5 * r, 3.8 * r), "lower", sign, 0.6))
         prims.append(Prim(f"{key}_hoof", "capsule", (Q[hoof], Q[toe]), (4.2 * r, 3.5 * r), "hoof", sign, 0.7))
-    return Figure(p, QUAD_NAMES, tuple(prims), {Q["left_eye"]: eye_normals["left_eye"], Q["right_eye"]: eye_normals["right_eye"]})
+    normals = {Q[name]: eye_normals[name] for name in ("left_eye", "right_eye")}
+    return Figure(p, QUAD_NAMES, tuple(prims), normals)
 
 
 # ------------------------------------------------------------------------------------ biped
@@ -344,7 +350,6 @@ def biped(shape: QuadShape, pose: BipedPose) -> Figure:
     torso_len = 0.30
     p[B["chest"]] = p[B["pelvis"]] + 0.6 * torso_len * lean
     p[B["neck"]] = p[B["pelvis"]] + torso_len * lean
-    p[B["neck"]] += 0.0
     hw = 0.085 * shape.thickness
     sw = 0.175 * shape.thickness
     for side, z in (("left", 1.0), ("right", -1.0)):
@@ -412,12 +417,15 @@ def biped(shape: QuadShape, pose: BipedPose) -> Figure:
         Prim("hair", "capsule", (B["hair"],), (0.9 * hr,), "hair", 0, 1.1),
     ]
     for side, sign in (("left", +1), ("right", -1)):
+        def pair(a: str, b: str) -> tuple[int, int]:
+            return B[f"{side}_{a}"], B[f"{side}_{b}"]
+
         prims += [
-            Prim(f"{side}_thigh", "capsule", (B[f"{side}_hip"], B[f"{side}_knee"]), (7 * r, 5.5 * r), "pants", sign, 0.5),
-            Prim(f"{side}_shin", "capsule", (B[f"{side}_knee"], B[f"{side}_ankle"]), (5.5 * r, 4 * r), "pants", sign, 0.55),
-            Prim(f"{side}_foot", "capsule", (B[f"{side}_ankle"], B[f"{side}_toe"]), (3.5 * r, 3 * r), "shoe", sign, 0.6),
-            Prim(f"{side}_upper_arm", "capsule", (B[f"{side}_shoulder"], B[f"{side}_elbow"]), (5 * r, 4 * r), "shirt", sign, 0.7),
-            Prim(f"{side}_forearm", "capsule", (B[f"{side}_elbow"], B[f"{side}_wrist"]), (4 * r, 3.2 * r), "skin", sign, 0.75),
+            Prim(f"{side}_thigh", "capsule", pair("hip", "knee"), (7 * r, 5.5 * r), "pants", sign, 0.5),
+            Prim(f"{side}_shin", "capsule", pair("knee", "ankle"), (5.5 * r, 4 * r), "pants", sign, 0.55),
+            Prim(f"{side}_foot", "capsule", pair("ankle", "toe"), (3.5 * r, 3 * r), "shoe", sign, 0.6),
+            Prim(f"{side}_upper_arm", "capsule", pair("shoulder", "elbow"), (5 * r, 4 * r), "shirt", sign, 0.7),
+            Prim(f"{side}_forearm", "capsule", pair("elbow", "wrist"), (4 * r, 3.2 * r), "skin", sign, 0.75),
             Prim(f"{side}_hand", "capsule", (B[f"{side}_hand"],), (3.8 * r,), "skin", sign, 0.8),
             Prim(f"{side}_eye", "capsule", (B[f"{side}_eye"],), (0.16 * hr,), "eye", sign, 1.5),
             Prim(f"{side}_ear", "capsule", (B[f"{side}_ear"],), (0.3 * hr,), "skin", sign, 1.4),

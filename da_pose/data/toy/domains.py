@@ -147,8 +147,11 @@ def quad_materials(rng: np.random.Generator, style: Style, size: int) -> dict[st
         return render.Material(colour=tuple(base), texture=t, u0=u0, v0=v0, ppu=ppu)
 
     coat = tex(pattern, colours["body"], style.fur, style.shading)
-    lower = tex("flat", colours["lower"], style.fur, style.shading) if style.fur > 0 else render.Material(tuple(colours["lower"]))
-    mane = tex("flat", colours["mane"], 1.5 * style.fur, 0.0) if style.fur > 0 else render.Material(tuple(colours["mane"]))
+    if style.fur > 0:  # fur grain on the legs and a coarser one on mane and tail
+        lower = tex("flat", colours["lower"], style.fur, style.shading)
+        mane = tex("flat", colours["mane"], 1.5 * style.fur, 0.0)
+    else:
+        lower, mane = render.Material(tuple(colours["lower"])), render.Material(tuple(colours["mane"]))
     eye = paint.jitter_colour(rng, (20, 16, 14), 0.3)
     return {
         "body": coat,
@@ -166,7 +169,9 @@ def biped_materials(rng: np.random.Generator, style: Style, size: int) -> dict[s
     u0, v0, side = BIPED_TEXTURE
     u, v, ppu = paint.texture_grid(u0, v0, side, size)
     pattern = style.patterns[int(rng.integers(len(style.patterns)))]
-    shirt = paint.coat_texture(rng, pattern, colours["shirt"], colours["second"], (u, v), style.fur, style.shading, style.pattern_soft)
+    shirt = paint.coat_texture(
+        rng, pattern, colours["shirt"], colours["second"], (u, v), style.fur, style.shading, style.pattern_soft
+    )
     mats = {k: render.Material(tuple(colours[k])) for k in ("skin", "hair", "pants", "shoe")}
     mats["shirt"] = render.Material(tuple(colours["shirt"]), shirt, u0, v0, ppu)
     mats["eye"] = render.Material((25.0, 20.0, 18.0))
@@ -375,7 +380,9 @@ def sample_biped_pose(rng: np.random.Generator, style: Style) -> body.BipedPose:
     )
 
 
-def other_sample(rng: np.random.Generator, style: Style, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[float], int]:
+def other_sample(
+    rng: np.random.Generator, style: Style, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, list[float], int]:
     """One toy-person image with COCO keypoints.
 
     COCO flags: 2 visible, 1 inside the image but hidden (behind the body, an occluder, or a
@@ -394,11 +401,14 @@ def other_sample(rng: np.random.Generator, style: Style, size: tuple[int, int]) 
     image = background(rng, style, height, width)
     if style.shadow > 0:
         feet = body.project(figure.points[[body.B["left_ankle"], body.B["right_ankle"]]], view)[0]
-        paint.ground_shadow(image, (feet[:, 0].mean(), feet[:, 1].max()), (0.15 * view.scale, 0.03 * view.scale), style.shadow)
+        centre = (feet[:, 0].mean(), feet[:, 1].max())
+        paint.ground_shadow(image, centre, (0.15 * view.scale, 0.03 * view.scale), style.shadow)
     materials = biped_materials(rng, style, 256)
     label, ranks = render.draw_figure(image, figure, view, materials, style.far_shade, style.near_shade)
     ys, xs = np.nonzero(label)
-    bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)] if len(xs) else [0.0, 0.0, 0.0, 0.0]
+    bbox = [0.0, 0.0, 0.0, 0.0]  # the drawn figure's tight box, x, y, w, h
+    if len(xs):
+        bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
     if rng.random() < style.occlusion:
         occ = paint.make_occluder(rng, np.array([bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]]), height)
         paint.draw_occluder(image, label, occ)

@@ -197,7 +197,11 @@ def generate(
         cv2.setNumThreads(1)
         ctx = _context()
         spawned = ctx.get_start_method() == "spawn"
-        pool = ctx.Pool(min(workers, len(tasks)), initializer=cv2.setNumThreads if spawned else None, initargs=(1,) if spawned else ())
+        pool = ctx.Pool(
+            min(workers, len(tasks)),
+            initializer=cv2.setNumThreads if spawned else None,
+            initargs=(1,) if spawned else (),
+        )
         results = pool.imap(_run, tasks, chunksize=1)
     try:
         for task, (kind, args, result) in zip(tasks, results):
@@ -242,18 +246,25 @@ def generate(
     return manifest
 
 
-def visible_positions(shots: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, int]]:
-    """(shot, frame offset) of every frame the TigDog loader keeps, in load order (shots in
-    ranges order, frames in order; at least ``MIN_VISIBLE`` of the 18 joints visible with
-    positive coordinates, exactly the loader's rule)."""
+def visible_positions(shots: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, int, int]]:
+    """(shot, frame offset, position) of every frame the TigDog loader keeps, in load order.
+
+    Kept: at least ``MIN_VISIBLE`` of the 18 joints visible with positive coordinates (the
+    loader's rule). Position: the split files' numbering, the index of the frame among ALL
+    frames of the shots in ranges order, before the visibility filter. The published horse
+    files show this (10,152 positions, the largest 13,409), and ``tigdog.load_tigdog`` reads
+    them so; only kept frames are listed in the files.
+    """
     kept = []
+    first = 0
     for shot in sorted(shots):
         coords, vis = shots[shot]
         for f in range(len(coords)):
             xy = coords[f, :NUM_JOINTS]
             visible = (vis[f, :NUM_JOINTS] > 0) & (xy[:, 0] > 0) & (xy[:, 1] > 0)
             if visible.sum() >= MIN_VISIBLE:
-                kept.append((shot, f))
+                kept.append((shot, f, first + f))
+        first += len(coords)
     return kept
 
 
@@ -270,8 +281,8 @@ def _write_target_index(out: Path, p: Preset, seed: int, shots: dict) -> dict:
         n_test = min(max(n_test, 1), len(ids) - 1)
     test_shots = set(int(s) for s in rng.permutation(ids)[:n_test])
     kept = visible_positions(shots)
-    train_pos = [i for i, (s, _) in enumerate(kept) if s not in test_shots]
-    test_pos = [i for i, (s, _) in enumerate(kept) if s in test_shots]
+    train_pos = [pos for s, _, pos in kept if s not in test_shots]
+    test_pos = [pos for s, _, pos in kept if s in test_shots]
     split_dir = root / "splits" / SPECIES
     tigdog.write_split_files(split_dir, np.array(train_pos, np.int64), np.array(test_pos, np.int64))
     rel = f"{TARGET_ROOT}/splits/{SPECIES}"

@@ -33,6 +33,11 @@ SKIES = (((110, 160, 220), (195, 215, 238)), ((168, 174, 182), (212, 214, 216)),
 GROUNDS = ((78, 112, 50), (120, 130, 62), (152, 140, 82), (122, 96, 70), (190, 170, 130), (172, 140, 100), (220, 222, 228))
 
 
+def _colour_tuple(colour) -> tuple[float, ...]:
+    """A colour array as the plain float tuple OpenCV drawing functions take."""
+    return tuple(float(c) for c in colour)
+
+
 def jitter_colour(rng: np.random.Generator, colour, amount: float = 0.12) -> np.ndarray:
     """A colour with every channel scaled by ``1 + amount * U(-1, 1)`` (plus a shared factor)."""
     c = np.asarray(colour, np.float32)
@@ -258,7 +263,8 @@ def scene_background(
     hz = float(horizon if horizon is not None else rng.uniform(0.2, 0.5) * height)
     top, bottom = SKIES[rng.integers(len(SKIES))]
     t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
-    img = np.broadcast_to(np.asarray(top, np.float32) * (1 - t) + np.asarray(bottom, np.float32) * t, (height, width, 3)).copy()
+    sky = np.asarray(top, np.float32) * (1 - t) + np.asarray(bottom, np.float32) * t
+    img = np.broadcast_to(sky, (height, width, 3)).copy()
 
     # distant hills or tree line
     xs = np.arange(width, dtype=np.float32)
@@ -300,12 +306,14 @@ def scene_background(
             leaf = jitter_colour(rng, (60, 100, 50), 0.25)
             for _ in range(6):
                 c = (int(x + rng.uniform(-0.6, 0.6) * size), int(y - 2.4 * size + rng.uniform(-0.4, 0.4) * size))
-                cv2.circle(img, c, int(size * rng.uniform(0.35, 0.6)), tuple(float(v) for v in jitter_colour(rng, leaf, 0.15)), -1, cv2.LINE_AA)
+                radius = int(size * rng.uniform(0.35, 0.6))
+                cv2.circle(img, c, radius, _colour_tuple(jitter_colour(rng, leaf, 0.15)), -1, cv2.LINE_AA)
         elif kind == 1:  # fence: posts and two rails across the frame
             wood = tuple(float(c) for c in jitter_colour(rng, (150, 120, 90), 0.25))
             th = max(int(size * 0.06), 2)
             for r in (0.45, 0.8):
-                cv2.line(img, (0, int(y - r * size)), (width, int(y - r * size + rng.uniform(-0.1, 0.1) * size)), wood, th, cv2.LINE_AA)
+                y_end = int(y - r * size + rng.uniform(-0.1, 0.1) * size)
+                cv2.line(img, (0, int(y - r * size)), (width, y_end), wood, th, cv2.LINE_AA)
             step = max(int(size * rng.uniform(1.2, 2.5)), 8)
             for px in range(int(rng.uniform(0, step)), width, step):
                 cv2.rectangle(img, (px, int(y - size)), (px + max(th, 3), int(y)), wood, -1)
@@ -319,7 +327,8 @@ def scene_background(
             leaf = jitter_colour(rng, (70, 105, 55), 0.25)
             for _ in range(5):
                 c = (int(x + rng.uniform(-0.5, 0.5) * size), int(y - rng.uniform(0, 0.4) * size))
-                cv2.circle(img, c, int(size * rng.uniform(0.2, 0.4)), tuple(float(v) for v in jitter_colour(rng, leaf, 0.15)), -1, cv2.LINE_AA)
+                radius = int(size * rng.uniform(0.2, 0.4))
+                cv2.circle(img, c, radius, _colour_tuple(jitter_colour(rng, leaf, 0.15)), -1, cv2.LINE_AA)
     return np.clip(img, 0, 255).astype(np.float32), hz
 
 
@@ -344,7 +353,8 @@ def indoor_background(rng: np.random.Generator, height: int, width: int, clutter
         colour = tuple(float(c) for c in random_colour(rng))
         x = int(rng.uniform(0, width))
         w, h = int(rng.uniform(0.05, 0.25) * width), int(rng.uniform(0.1, 0.4) * height)
-        cv2.rectangle(img, (x, floor_y + int(rng.uniform(-0.05, 0.1) * height) - h), (x + w, floor_y + int(0.05 * height)), colour, -1)
+        top = floor_y + int(rng.uniform(-0.05, 0.1) * height) - h
+        cv2.rectangle(img, (x, top), (x + w, floor_y + int(0.05 * height)), colour, -1)
     return np.clip(img, 0, 255).astype(np.float32)
 
 
@@ -430,6 +440,7 @@ def ground_shadow(image: np.ndarray, centre: tuple[float, float], axes: tuple[fl
         return
     h, w = image.shape[:2]
     mask = np.zeros((h, w), np.float32)
-    cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (max(int(axes[0]), 1), max(int(axes[1]), 1)), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
+    half = (max(int(axes[0]), 1), max(int(axes[1]), 1))
+    cv2.ellipse(mask, (int(centre[0]), int(centre[1])), half, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     mask = cv2.GaussianBlur(mask, (0, 0), max(axes[1] * 0.6, 1.0))
     image *= (1 - opacity * mask)[..., None]
