@@ -117,6 +117,11 @@ class HourglassNet(nn.Module):
                                  for _ in range(stacks - 1))
         self.score_ = nn.ModuleList(nn.Conv2d(num_joints, features, 1, bias=True)
                                     for _ in range(stacks - 1))
+        # Heatmap heads start near zero (SimpleBaseline's std 0.001): the default init starts
+        # every map far from the mostly-zero targets and spends the first epochs unlearning it.
+        for head in self.score:
+            nn.init.normal_(head.weight, std=0.001)
+            nn.init.zeros_(head.bias)
 
     def forward(self, x: Tensor) -> PoseOutput:
         multiple = 4 * 2**self.depth
