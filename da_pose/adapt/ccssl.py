@@ -16,8 +16,9 @@ One round of pseudo-labelling over the unlabelled target train split:
 5. **Curriculum**: all confidences are pooled and the top fraction given by the round's schedule
    is kept (published: 20 %, 40 %, 60 %, 80 %, 80 %, 80 %).
 
-Unlike the published code, which runs five forward passes per image one image at a time, all
-views of a whole batch of images go through the model in one forward pass.
+Unlike the published code, which runs five forward passes per image one image at a time, the
+views of a whole batch of images are made with one batched warp and go through the model
+together (one forward pass on a GPU; passes of one batch each on a CPU, where that is faster).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def predict_views(model, images: torch.Tensor, codec, cfg: CCSSLConfig, mean: to
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps of the identity and the transformed views, warped back and stacked.
 
-    All ``(1 + T) * B`` views go through the model in one forward pass.
+    All ``(1 + T) * B`` views go through the model together: in one forward pass on a GPU, in
+    passes of ``B`` views on a CPU (see below).
 
     Shape:
         images: (B, 3, S, S) normalised -> (1 + T, B, K, h, w) heatmaps in the identity frame,
@@ -131,42 +133,41 @@ def predict_views(model, images: torch.Tensor, codec, cfg: CCSSLConfig, mean: to
     """
     b, _, s, _ = images.shape
     t = cfg.num_transforms if (cfg.equivariance or cfg.invariance) else 0
-    views = [images]
-    forward_maps = []
-    for _ in range(t):
+    views = images
+    a = None
+    if t:
+        # all T transformed views of the batch at once (one warp, one appearance call): view
+        # i * B + j shows image j, so the T random draws per image stay independent
+        x = images.repeat(t, 1, 1, 1)  # T*B, 3, S, S
         if cfg.equivariance:
-            a = random_geometric(b, generator, cfg.scale_sigma, cfg.scale_clamp, cfg.rotate_sigma, cfg.rotate_clamp,
-                                 flip_prob=0.5 if cfg.flip else 0.0, size=s).to(images.device)  # B, 2, 3
-            x = warp_batch(images, a, s)
-        else:
-            a = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=images.device).expand(b, 2, 3)
-            x = images
+            a = random_geometric(t * b, generator, cfg.scale_sigma, cfg.scale_clamp, cfg.rotate_sigma,
+                                 cfg.rotate_clamp, flip_prob=0.5 if cfg.flip else 0.0,
+                                 size=s).to(images.device)  # T*B, 2, 3
+            x = warp_batch(x, a, s)
         if cfg.invariance:
             # appearance transforms act on [0, 1] pixels: undo the normalisation around them
-            raw = (x * std + mean).clamp(0, 1)
-            raw = random_appearance(raw, generator)
-            x = (raw - mean) / std
-        views.append(x)
-        forward_maps.append(a)
-    out = model(torch.cat(views)).heatmaps[-1].float()  # (1+T)*B, K, h, w
+            # (in place: x and random_appearance's result are fresh tensors)
+            raw = x.mul_(std).add_(mean).clamp_(0, 1)
+            x = random_appearance(raw, generator).sub_(mean).div_(std)
+        views = torch.cat([images, x])  # (1+T)*B, 3, S, S
+    # a CPU runs a pass of (1+T)*B views about 2x slower per view than passes of B (the
+    # activations leave the caches; scripts/bench/pseudo_labels.py); a GPU wants one large pass.
+    # In eval mode (generate_raw sets it) a view's output does not depend on the other views.
+    chunk = b if views.device.type == "cpu" else views.shape[0]
+    out = torch.cat([model(v).heatmaps[-1].float() for v in views.split(chunk)])  # (1+T)*B, K, h, w
     h = out.shape[-1]
-    out = out.view(1 + t, b, *out.shape[1:])
-    stride = s / h
     flipped = torch.zeros(1 + t, b, dtype=torch.bool, device=images.device)
-    back = [out[0]]
-    for i, a in enumerate(forward_maps):
-        hm = out[i + 1]
-        if cfg.equivariance:
-            det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
-            is_flip = det < 0
-            a_hm = heatmap_affine(invert_affine(a.double()), stride)  # transformed -> identity, heatmap px
-            hm = warp_batch(hm, a_hm, h)
-            if is_flip.any():
-                # a mirrored view predicts the left joints in the right channels: swap them back
-                hm[is_flip] = hm[is_flip][:, torch.as_tensor(codec.flip_index, device=hm.device)]
-            flipped[i + 1] = is_flip
-        back.append(hm)
-    return torch.stack(back), flipped
+    if a is not None:
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        is_flip = det < 0  # T*B
+        a_hm = heatmap_affine(invert_affine(a.double()), s / h)  # transformed -> identity, heatmap px
+        back = warp_batch(out[b:], a_hm, h)  # T*B, K, h, w
+        if is_flip.any():
+            # a mirrored view predicts the left joints in the right channels: swap them back
+            back[is_flip] = back[is_flip][:, torch.as_tensor(codec.flip_index, device=back.device)]
+        out = torch.cat([out[:b], back])
+        flipped[1:] = is_flip.view(t, b)
+    return out.view(1 + t, b, *out.shape[1:]), flipped
 
 
 def aggregate(views: torch.Tensor, codec, confidence: str = "max") -> tuple[torch.Tensor, torch.Tensor]:

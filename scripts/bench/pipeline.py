@@ -4,9 +4,9 @@
     python scripts/bench/pipeline.py --set data.workers=2 --images 96 --repeats 2
     python scripts/bench/pipeline.py --profile                # + cProfile of one end-to-end epoch
 
-What is timed, on the pretrain path of ``experiments/toy/pretrain_hg.yaml`` (2-stack hourglass,
-64 features, 128 px input, batch 16, Adam), images/s over ``--images`` source images per epoch
-after one untimed step:
+What is timed, on the pretrain path of ``experiments/toy/pretrain_hg.yaml`` (the demo model,
+data, augmentation, batch size and optimizer as configured there; the table names them),
+images/s over ``--images`` source images per epoch after one untimed step:
 
 - end to end: ``jobs.make_dataset`` (a real train-mode PoseDataset with the config's
   augmentation: random scale/rotation/shift/flip, appearance, target generation; cache filled
@@ -65,10 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=64, help="source train images per timed epoch")
     parser.add_argument("--repeats", type=int, default=1, help="timed epochs (steps are summed over them)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--profile", action="store_true", help="cProfile one end-to-end epoch, print the top")
     args = parser.parse_args(argv)
-    if args.images < 1 or args.repeats < 1:
-        parser.error("--images and --repeats must be >= 1")
+    if args.images < 1 or args.repeats < 1 or args.threads < 0:
+        parser.error("--images and --repeats must be >= 1, --threads >= 0")
     return args
 
 
@@ -123,6 +124,8 @@ def row(name: str, ours: float, ref: float, target: float, note: str = "") -> st
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_config(args.config, args.overrides)
     with tempfile.TemporaryDirectory(prefix="bench_pipe_") as tmp:
         root, origin = bench_root(args.data or base.data.root, args.images, tmp)
