@@ -107,11 +107,13 @@ def open_run(cfg: Config, command: str) -> Iterator[RunContext]:
         )
     tracker = NullTracker()
     if info.is_main:
-        # the folder first: an unusable out_dir must fail before an MLflow run exists
+        # the store first (nothing is created when it is unreachable), then the folder (an unusable
+        # out_dir must fail before an MLflow run exists), then the run
+        check_reachable(cfg.tracking_uri)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}") from None
+            raise DaPoseError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}") from None
         tracker = MlflowTracker(cfg.tracking_uri, cfg.experiment, cfg.name, run_id=run_id,
                                 tags=run_tags(cfg, command))
     ctx = RunContext(cfg, run_dir, tracker, device, info, resume_from)
