@@ -12,12 +12,12 @@ import contextlib
 import io
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from da_pose.fileio import write_bytes_atomic
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DataError
@@ -26,18 +26,6 @@ from da_pose.errors import ConfigError, DataError
 # ----------------------------------------------------------------------------------- writers
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # normal file mode (umask), unlike mkstemp's 0600
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _plain(value):
@@ -110,7 +98,7 @@ def write_coco(
             }
         ],
     }
-    _write_atomic(Path(path), json.dumps(doc).encode("utf-8"))
+    write_bytes_atomic(Path(path), json.dumps(doc).encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------- joint maps

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from da_pose.fileio import write_bytes_atomic
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DataError
@@ -31,18 +31,6 @@ KPTS_SUFFIX = "_kpts.npy"
 # ----------------------------------------------------------------------------------- writers
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # normal file mode (umask), unlike mkstemp's 0600
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def species_folder(root: str | os.PathLike, species: str) -> Path:
@@ -76,8 +64,8 @@ def write_sample(
     img_path = folder / f"{stem}{IMAGE_SUFFIX}"
     kpt_path = folder / f"{stem}{KPTS_SUFFIX}"
     # Keypoints first: a reader lists images, so an image never appears without its npy.
-    _write_atomic(kpt_path, buf.getvalue())
-    _write_atomic(img_path, png.tobytes())
+    write_bytes_atomic(kpt_path, buf.getvalue())
+    write_bytes_atomic(img_path, png.tobytes())
     return img_path, kpt_path
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import cv2
 import numpy as np
 import scipy.io
 
+from da_pose.fileio import write_bytes_atomic
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import tigdog_landmark_index
 from da_pose.errors import ConfigError, DataError
@@ -41,18 +41,6 @@ SPLIT_FILES = {"train": "train_idxs_by_video.npy", "test": "valid_idxs_by_video.
 # ----------------------------------------------------------------------------------- writers
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # normal file mode (umask), unlike mkstemp's 0600
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _mat_bytes(variables: dict) -> bytes:
@@ -70,7 +58,7 @@ def write_ranges(path: str | os.PathLike, ranges: np.ndarray) -> None:
     ranges = np.asarray(ranges)
     if ranges.ndim != 2 or ranges.shape[1] != 3:
         raise ValueError(f"ranges must be (N, 3), got {ranges.shape}")
-    _write_atomic(Path(path), _mat_bytes({"ranges": ranges.astype(np.int64)}))
+    write_bytes_atomic(Path(path), _mat_bytes({"ranges": ranges.astype(np.int64)}))
 
 
 def write_landmarks(
@@ -99,7 +87,7 @@ def write_landmarks(
         struct[0, 0][LANDMARK_FIELDS[0]] = coords[f]  # 19, 2
         struct[0, 0][LANDMARK_FIELDS[1]] = visibility[f][:, None]  # 19, 1
         cell[f, 0] = struct
-    _write_atomic(Path(path), _mat_bytes({"landmarks": cell}))
+    write_bytes_atomic(Path(path), _mat_bytes({"landmarks": cell}))
 
 
 def write_frame(
@@ -119,7 +107,7 @@ def write_frame(
     if not ok:
         raise ValueError("JPEG encoding failed")
     path = frame_path(root, animal, frame)
-    _write_atomic(path, jpg.tobytes())
+    write_bytes_atomic(path, jpg.tobytes())
     return path
 
 
@@ -137,7 +125,7 @@ def write_split_files(
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
         path = folder / SPLIT_FILES[name]
-        _write_atomic(path, buf.getvalue())
+        write_bytes_atomic(path, buf.getvalue())
         out.append(path)
     return out[0], out[1]
 

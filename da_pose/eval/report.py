@@ -8,18 +8,17 @@ they work on headless machines and in threads.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import numbers
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from da_pose.fileio import write_bytes_atomic
 from da_pose.data import skeleton
 from da_pose.errors import ConfigError
 
@@ -122,23 +121,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
 def _atomic_write(path, data: bytes) -> str:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return os.fspath(write_bytes_atomic(path, data))
 
 
 def _csv_cell(value):

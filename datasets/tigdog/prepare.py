@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from da_pose.fileio import write_bytes_atomic
 from da_pose.data import tigdog
 from da_pose.errors import DaPoseError
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DaPoseError(f"{rec.image_path}: cannot decode image")
             m = crop_matrix(rec.center, rec.side, args.size)
             crop = cv2.warpAffine(image, m, (args.size, args.size), flags=cv2.INTER_LINEAR)
-            tigdog._write_atomic(out / "crops" / f"{rec.frame:08d}.jpg", cv2.imencode(".jpg", crop)[1].tobytes())
+            write_bytes_atomic(out / "crops" / f"{rec.frame:08d}.jpg", cv2.imencode(".jpg", crop)[1].tobytes())
             kps[i, :, :2] = rec.keypoints[:, :2] @ m[:, :2].T + m[:, 2]
             kps[i, :, 2] = rec.keypoints[:, 2]
         np.savez(

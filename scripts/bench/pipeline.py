@@ -33,7 +33,6 @@ import argparse
 import cProfile
 import dataclasses
 import io
-import math
 import os
 import pstats
 import tempfile
