@@ -473,9 +473,33 @@ def load_or_generate_labels(ctx: RunContext, model, codec, dataset, records, rou
     return labels, False
 
 
+def log_pseudo_label_round(ctx: RunContext, labels, cached: bool, records, r: int, prefix: str,
+                           title: str) -> dict:
+    """Log one pseudo-label round (CC-SSL or PPLO): kept share, confidence, diagnostic accuracy
+    of kept vs rejected labels against the target train labels, histogram and picture."""
+    from da_pose.adapt.ccssl import label_accuracy
+
+    stats = {f"{prefix}/round": r, f"{prefix}/kept_fraction": float(labels.kept.mean()),
+             f"{prefix}/mean_confidence": float(labels.confidence.mean()),
+             f"{prefix}/temporal_replaced": float(labels.meta.get("temporal_replaced", 0)),
+             f"{prefix}/cached": float(cached)}
+    stats.update({f"{prefix}/{k.split('/', 1)[1]}": v for k, v in label_accuracy(labels, records).items()})
+    ctx.tracker.log_metrics(stats, step=r)
+    if ctx.is_main:
+        vis = ctx.run_dir / "pseudo_labels"
+        _plot_confidence(labels, vis / f"confidence_round_{r:02d}.png", f"{title} {r}: confidence of pseudo-labels")
+        _draw_pseudo_labels(records, labels, vis / f"kept_round_{r:02d}.png")
+        for name in (f"confidence_round_{r:02d}.png", f"kept_round_{r:02d}.png"):
+            if (vis / name).is_file():
+                ctx.tracker.log_artifact(vis / name, "pseudo_labels")
+        print(f"{title} {r}: kept {stats[f'{prefix}/kept_fraction']:.0%} of joints; pseudo-label accuracy "
+              f"kept {stats[f'{prefix}/acc_kept']:.1f} / rejected {stats[f'{prefix}/acc_rejected']:.1f}"
+              f" (diagnostic, target train labels)")
+    return stats
+
+
 def run_ccssl(cfg: Config) -> dict:
     """CC-SSL rounds: pseudo-label the target train split, select, train on source + target."""
-    from da_pose.adapt.ccssl import label_accuracy
     from da_pose.train.steps import ccssl_step
 
     with open_run(cfg, "adapt ccssl") as ctx:
@@ -500,22 +524,7 @@ def run_ccssl(cfg: Config) -> dict:
         ctx.tracker.set_tags({"selection": "none: last checkpoint of the last round is reported"})
         for r in range(trainer.epoch // epochs_per_round, c.rounds):
             labels, cached = load_or_generate_labels(ctx, model, codec, target_eval_ds, target_records, r)
-            round_metrics = {"ccssl/round": r, "ccssl/kept_fraction": float(labels.kept.mean()),
-                             "ccssl/mean_confidence": float(labels.confidence.mean()),
-                             "ccssl/temporal_replaced": float(labels.meta.get("temporal_replaced", 0)),
-                             "ccssl/cached": float(cached)}
-            round_metrics.update({f"ccssl/{k.split('/', 1)[1]}": v for k, v in label_accuracy(labels, target_records).items()})
-            ctx.tracker.log_metrics(round_metrics, step=r)
-            if ctx.is_main:
-                vis = ctx.run_dir / "pseudo_labels"
-                _plot_confidence(labels, vis / f"confidence_round_{r:02d}.png", f"round {r}: confidence of pseudo-labels")
-                _draw_pseudo_labels(target_records, labels, vis / f"kept_round_{r:02d}.png")
-                for name in (f"confidence_round_{r:02d}.png", f"kept_round_{r:02d}.png"):
-                    if (vis / name).is_file():
-                        ctx.tracker.log_artifact(vis / name, "pseudo_labels")
-                print(f"round {r}: kept {round_metrics['ccssl/kept_fraction']:.0%} of joints; pseudo-label accuracy "
-                      f"kept {round_metrics['ccssl/acc_kept']:.1f} / rejected {round_metrics['ccssl/acc_rejected']:.1f}"
-                      f" (diagnostic, target train labels)")
+            log_pseudo_label_round(ctx, labels, cached, target_records, r, "ccssl", "round")
             labelled = target_train_ds.with_keypoints(labels.as_labels())
 
             def batches(epoch, labelled=labelled):
@@ -788,7 +797,6 @@ def run_wscda(cfg: Config) -> dict:
     from torch.utils.data import ConcatDataset
 
     from da_pose.adapt import wscda
-    from da_pose.adapt.ccssl import label_accuracy
     from da_pose.train.steps import ccssl_step, wscda_step
 
     w = wscda.check_config(cfg.wscda)
@@ -851,20 +859,7 @@ def run_wscda(cfg: Config) -> dict:
             pl_steps = w.pplo_steps or max(1, len(pl_records) // (bs * world))
             for r in range(max(0, trainer.epoch - epochs), w.pplo_rounds):
                 labels, cached = load_or_generate_labels(pctx, model, codec, pl_ds, pl_records, r)
-                stats = {"pplo/round": r, "pplo/kept_fraction": float(labels.kept.mean()),
-                         "pplo/mean_confidence": float(labels.confidence.mean()), "pplo/cached": float(cached)}
-                stats.update({f"pplo/{k.split('/', 1)[1]}": v for k, v in label_accuracy(labels, pl_records).items()})
-                ctx.tracker.log_metrics(stats, step=r)
-                if ctx.is_main:
-                    vis = ctx.run_dir / "pseudo_labels"
-                    _plot_confidence(labels, vis / f"confidence_round_{r:02d}.png", f"PPLO round {r}: confidence")
-                    _draw_pseudo_labels(pl_records, labels, vis / f"kept_round_{r:02d}.png")
-                    for name in (f"confidence_round_{r:02d}.png", f"kept_round_{r:02d}.png"):
-                        if (vis / name).is_file():
-                            ctx.tracker.log_artifact(vis / name, "pseudo_labels")
-                    print(f"PPLO round {r}: kept {stats['pplo/kept_fraction']:.0%} of joints; pseudo-label accuracy "
-                          f"kept {stats['pplo/acc_kept']:.1f} / rejected {stats['pplo/acc_rejected']:.1f}"
-                          f" (diagnostic, target train labels)")
+                log_pseudo_label_round(ctx, labels, cached, pl_records, r, "pplo", "PPLO round")
                 labelled = target_train_ds.with_keypoints(labels.as_labels())
 
                 def pplo_batches(epoch, labelled=labelled):

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny embedded benchmark generated once per test session."""
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +30,27 @@ def tiny_overrides(root, tmp_path, name="t", uri=None):
             "train.optimizer=adam", "train.lr=0.001", "train.lr_milestones=[]", "train.log_every=1",
             "train.deterministic=true", "ccssl.batch_size=8", f"out_dir={tmp_path}/runs", f"tracking_uri={uri}",
             f"name={name}", "experiment=tests", "device=cpu"]
+
+
+@pytest.fixture
+def empty_yaml(tmp_path) -> Path:
+    p = tmp_path / "empty.yaml"
+    p.write_text("{}\n")
+    return p
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty, initialised MLflow SQLite store: creating one costs ~20 s of schema migrations,
+    copying it nothing (see fresh_store)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def fresh_store(template: Path, path: Path) -> str:
+    """A new store at ``path`` copied from ``mlflow_template``; returns its URI."""
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"

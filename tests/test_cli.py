@@ -25,7 +25,7 @@ from da_pose.cli import main
 from da_pose.config import dump_yaml, load_config
 from da_pose.data import manifest, tigdog
 from da_pose.models.factory import build_model
-from tests.conftest import tiny_overrides
+from tests.conftest import fresh_store, tiny_overrides
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -64,26 +64,10 @@ def as_sets(overrides) -> list[str]:
     return out
 
 
-@pytest.fixture
-def empty_yaml(tmp_path) -> Path:
-    p = tmp_path / "empty.yaml"
-    p.write_text("{}\n")
-    return p
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory) -> Path:
-    """An empty, initialised MLflow SQLite store (creating one costs ~20 s of migrations)."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow") / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
 
 
-def fresh_store(template: Path, path: Path) -> str:
-    shutil.copyfile(template, path)
-    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from da_pose.data import manifest
 from da_pose.errors import CheckpointError, DaPoseError, DataError, TrackingError
 from da_pose.models.factory import build_model
 from da_pose.tracking import MlflowTracker
-from tests.conftest import tiny_overrides
+from tests.conftest import fresh_store, tiny_overrides
 
 PACKAGE = Path(__file__).resolve().parents[1] / "da_pose"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -90,30 +89,15 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
-@pytest.fixture
-def empty_yaml(tmp_path) -> Path:
-    p = tmp_path / "empty.yaml"
-    p.write_text("{}\n")
-    return p
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory) -> Path:
-    """An empty, initialised MLflow SQLite store: creating one costs MLflow ~20 s of schema
-    migrations on these machines, copying it nothing."""
-    path = tmp_path_factory.mktemp("mlflow") / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
 
 
-def fresh_store(template: Path, path: Path) -> str:
-    shutil.copyfile(template, path)
-    return f"sqlite:///{path}"
 
 
 def init_checkpoint(root: Path, tmp_path: Path) -> Path:
-    """An untrained tiny model saved as a checkpoint: runs compared bitwise start from it (a
-    fresh run's own initialisation is not seeded; see test_fresh_runs_with_one_seed_start_equal)."""
+    """An untrained tiny model saved as a checkpoint: runs compared bitwise start from it, so the
+    comparison does not depend on initialisation (seeded too: test_fresh_runs_with_one_seed_start_equal)."""
     cfg = load_config(None, tiny_overrides(root, tmp_path, "init"))
     path = tmp_path / "init.pt"
     checkpoint.save(path, {"model": build_model(cfg.model, 18).state_dict(), "arch": jobs.arch_of(cfg),
