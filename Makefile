@@ -1,6 +1,7 @@
 # da_pose: two commands on a fresh machine.
 #   make demo   installs everything and runs the main job on the embedded benchmark
 #   make test   installs the dev extras and runs the test suite
+#   make benchmark   every method x 3 seeds on the benchmark preset (hours on CPU), then compare
 # torch is installed first, pinned: an unpinned torch would pull several GB of CUDA packages.
 PY ?= python3
 VENV ?= .venv
@@ -9,8 +10,9 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= data/demo
 DEMO_SEED ?= 0
 PYTEST_ARGS ?=
+BENCHMARK_ARGS ?=
 
-.PHONY: install dev test test-fast demo bench clean
+.PHONY: install dev test test-fast demo benchmark bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +39,10 @@ test-fast: dev
 
 demo: install
 	bash scripts/demo.sh $(BIN) $(DEMO_DIR) $(DEMO_SEED)
+
+# every method x 3 seeds on the benchmark preset, then compare; resumable (hours on 2 CPU cores)
+benchmark: install
+	$(BIN)/python scripts/benchmark.py $(BENCHMARK_ARGS)
 
 bench: install
 	$(BIN)/python scripts/bench/run_all.py

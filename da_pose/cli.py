@@ -44,8 +44,14 @@ def _load(config, sets, tracking_uri, seed, device, resume):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="da-pose")
-def cli():
+@click.option("--threads", type=int, default=None, envvar="DA_POSE_THREADS", show_envvar=True,
+              help="CPU threads for torch and OpenCV (default: torch's choice, one per core).")
+def cli(threads):
     """Animal pose estimation across domains: pretrain, adapt (CC-SSL, WS-CDA), evaluate, compare."""
+    if threads is not None:
+        from da_pose.train.trainer import set_threads
+
+        set_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------- data

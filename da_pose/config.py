@@ -132,6 +132,7 @@ class WSCDAConfig:
     beta: float = 500.0
     w1: float = 1.0
     w2: float = 1.0
+    balance_y: bool = True  # y term of L_DDL: mean of the two classes' means (False: mean over samples, as published)
     grl_max: float = 1.0
     grl_warmup: float = 10.0  # lambda = max * (2 / (1 + exp(-warmup * p)) - 1), p = progress
     disc_lr: float = 1e-3  # minmax: the discriminator's own Adam; grl: it trains with the model's optimizer

@@ -545,8 +545,8 @@ def run_ccssl(cfg: Config) -> dict:
 
 
 # ------------------------------------------------------------------------------------ compare
-METHOD_ORDER = ("source_only", "plain_pl", "ccssl_no_invariance", "ccssl_no_equivariance", "ccssl_no_temporal",
-                "ccssl_no_curriculum", "ccssl", "ccssl_r", "wscda", "wscda_pplo", "oracle")
+METHOD_ORDER = ("source_only", "source_only_ext", "plain_pl", "ccssl_no_invariance", "ccssl_no_equivariance",
+                "ccssl_no_temporal", "ccssl_no_curriculum", "ccssl", "ccssl_r", "wscda", "wscda_pplo", "oracle")
 
 
 def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/") -> tuple[list[dict], list[dict]]:

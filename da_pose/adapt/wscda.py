@@ -80,12 +80,17 @@ def grl_lambda(progress: float, max_lambda: float = 1.0, warmup: float = 10.0) -
 
 
 # ---------------------------------------------------------------------------------- losses
-def ddl_loss(logits: Tensor, y: Tensor, z: Tensor, w1: float = 1.0) -> dict[str, Tensor]:
+def ddl_loss(logits: Tensor, y: Tensor, z: Tensor, w1: float = 1.0, balance_y: bool = False) -> dict[str, Tensor]:
     """Domain discriminator loss L_DDL (Cao et al. ICCV 2019, Eq. 1).
 
     ``w1 * BCE(y^, y)`` averaged over all samples plus ``BCE(z^, z)`` averaged over the animal
     samples (y = 1) only: whether an image of the other body plan shows the target species is
     meaningless. Logits, not probabilities (``binary_cross_entropy_with_logits``: stable).
+
+    ``balance_y``: the y term is the mean of the two classes' mean BCEs instead of the mean over
+    all samples. A WS-CDA batch is two thirds animals, so the plain mean lets the y head sit at
+    the prior (every sample "animal", balanced accuracy 0.5) for long; balanced, a head that
+    cannot tell the domains apart costs log 2 and its balanced accuracy shows what it learnt.
 
     Args:
         logits: column 0 = y^ (animal vs other), column 1 = z^ (target vs not).
@@ -100,7 +105,12 @@ def ddl_loss(logits: Tensor, y: Tensor, z: Tensor, w1: float = 1.0) -> dict[str,
     logits = logits.float()
     y = y.to(logits)
     z = z.to(logits)
-    loss_y = F.binary_cross_entropy_with_logits(logits[:, 0], y)
+    per_y = F.binary_cross_entropy_with_logits(logits[:, 0], y, reduction="none")  # B
+    animal = y > 0.5
+    if balance_y and animal.any() and (~animal).any():
+        loss_y = 0.5 * (per_y[animal].mean() + per_y[~animal].mean())
+    else:
+        loss_y = per_y.mean()
     per_z = F.binary_cross_entropy_with_logits(logits[:, 1], z, reduction="none")  # B
     loss_z = (y * per_z).sum() / y.sum().clamp(min=1.0)
     return {"ddl": w1 * loss_y + loss_z, "ddl_y": loss_y, "ddl_z": loss_z}
@@ -216,7 +226,8 @@ class DomainAdversary(nn.Module):
         params.update(dict(self.disc.named_buffers()))
         return functional_call(self.disc, params, (features,))
 
-    def update(self, features: Tensor, y: Tensor, z: Tensor, w1: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    def update(self, features: Tensor, y: Tensor, z: Tensor, w1: float = 1.0,
+               balance_y: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """``minmax`` mode: one discriminator step minimising L_DDL on detached features.
 
         Returns the logits and losses *before* the update (what the discriminator knew when it
@@ -229,7 +240,7 @@ class DomainAdversary(nn.Module):
             raise ConfigError("DomainAdversary.update needs mode='minmax' (grl mode trains the "
                               "discriminator through the trainer's optimizer)")
         logits = self.disc(features.detach())
-        losses = ddl_loss(logits, y, z, w1)
+        losses = ddl_loss(logits, y, z, w1, balance_y)
         self.optimizer.zero_grad(set_to_none=True)
         losses["ddl"].backward()
         self.optimizer.step()

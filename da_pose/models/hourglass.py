@@ -12,11 +12,10 @@ maps a 256 x 256 input to 64 x 64 heatmaps.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from da_pose.errors import ConfigError
-from da_pose.models.layers import Bottleneck, PoseOutput, residual_stack
+from da_pose.models.layers import Bottleneck, PoseOutput, add_upsampled2x, max_pool2x2, residual_stack
 
 
 class Hourglass(nn.Module):
@@ -45,10 +44,10 @@ class Hourglass(nn.Module):
     def _level(self, n: int, x: Tensor) -> Tensor:
         res = self.hg[n - 1]
         up1 = res[0](x)  # B, C, H, W: skip branch
-        low = res[1](F.max_pool2d(x, kernel_size=2, stride=2))  # B, C, H/2, W/2
+        low = res[1](max_pool2x2(x))  # B, C, H/2, W/2
         low = self._level(n - 1, low) if n > 1 else res[3](low)
         low = res[2](low)
-        return up1 + F.interpolate(low, scale_factor=2, mode="nearest")  # B, C, H, W
+        return add_upsampled2x(up1, low)  # B, C, H, W: up1 + nearest 2x upsampling of low
 
     def forward(self, x: Tensor) -> Tensor:
         return self._level(self.depth, x)
@@ -100,7 +99,6 @@ class HourglassNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = residual_stack(stem, stem, 1)  # -> features / 2
-        self.maxpool = nn.MaxPool2d(2, stride=2)
         self.layer2 = residual_stack(2 * stem, 2 * stem, 1)  # -> features
         self.layer3 = residual_stack(features, planes, 1)  # -> features
 
@@ -131,7 +129,7 @@ class HourglassNet(nn.Module):
                 f"{multiple} (4 * 2**depth, depth={self.depth})"
             )
         x = self.relu(self.bn1(self.conv1(x)))  # B, F/4, H/2, W/2
-        x = self.maxpool(self.layer1(x))  # B, F/2, H/4, W/4
+        x = max_pool2x2(self.layer1(x))  # B, F/2, H/4, W/4
         x = self.layer3(self.layer2(x))  # B, F, H/4, W/4
         heatmaps = []
         y = x

@@ -15,7 +15,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+# CPU replacements for two ops that dominate the hourglass's non-convolution time (profile in
+# README "Benchmarks"): False falls back to F.max_pool2d / F.interpolate (scripts/bench/models.py
+# flips it to measure both side by side).
+FAST_CPU_OPS = True
 
 
 class PoseOutput(NamedTuple):
@@ -28,6 +34,47 @@ class PoseOutput(NamedTuple):
 
     heatmaps: list[Tensor]
     features: Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# pooling and upsampling of the hourglass
+
+
+def max_pool2x2(x: Tensor) -> Tensor:
+    """2 x 2 max pooling with stride 2, equal to ``F.max_pool2d(x, 2, 2)``.
+
+    In CPU inference (no autograd: evaluation, pseudo-labelling), the element-wise maximum of
+    the four strided sub-grids is several times faster than ``max_pool2d`` on NCHW tensors, with
+    the same values bit for bit. Training (autograd on), CUDA tensors, odd sides and
+    ``FAST_CPU_OPS = False`` use ``max_pool2d``: a training step gains nothing (the maximum's
+    backward costs what the pooling's forward saved) and keeps the published op's gradient.
+
+    Shape:
+        x: (B, C, H, W) -> (B, C, H/2, W/2)
+    """
+    if (not FAST_CPU_OPS or torch.is_grad_enabled() or x.is_cuda or x.dim() != 4
+            or x.shape[-1] % 2 or x.shape[-2] % 2):
+        return F.max_pool2d(x, kernel_size=2, stride=2)
+    top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+    bottom = torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2])
+    return torch.maximum(top, bottom)
+
+
+def add_upsampled2x(skip: Tensor, low: Tensor) -> Tensor:
+    """``skip + F.interpolate(low, scale_factor=2, mode="nearest")`` without the upsampled copy.
+
+    In CPU inference, each low-resolution value is broadcast onto its 2 x 2 block of ``skip`` in
+    one addition (same values bit for bit). Training, CUDA, non-contiguous ``skip``
+    (channels_last) and ``FAST_CPU_OPS = False`` take the two-op path.
+
+    Shape:
+        skip: (B, C, 2h, 2w); low: (B, C, h, w) -> (B, C, 2h, 2w)
+    """
+    b, c, h, w = low.shape
+    if (not FAST_CPU_OPS or torch.is_grad_enabled() or skip.is_cuda or not skip.is_contiguous()
+            or tuple(skip.shape) != (b, c, 2 * h, 2 * w)):
+        return skip + F.interpolate(low, scale_factor=2, mode="nearest")
+    return (skip.view(b, c, h, 2, w, 2) + low[:, :, :, None, :, None]).view(b, c, 2 * h, 2 * w)
 
 
 # --------------------------------------------------------------------------------------------

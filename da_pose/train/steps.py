@@ -77,12 +77,12 @@ def wscda_step(model, batch: dict, adversary, cfg) -> dict[str, torch.Tensor]:
     if cfg.mode == "grl":
         lam = adversary.lam()
         logits = adversary.reversed_logits(features)
-        ddl = ddl_loss(logits, y, z, cfg.w1)
+        ddl = ddl_loss(logits, y, z, cfg.w1, cfg.balance_y)
         loss = cfg.beta * pose["pose"] + ddl["ddl"]
         logged["grl/lambda"] = torch.tensor(lam)
     else:
-        logits, ddl = adversary.update(features, y, z, cfg.w1)
-        adversarial = ddl_loss(adversary.fixed_logits(features), y, z, cfg.w1)
+        logits, ddl = adversary.update(features, y, z, cfg.w1, cfg.balance_y)
+        adversarial = ddl_loss(adversary.fixed_logits(features), y, z, cfg.w1, cfg.balance_y)
         loss = cfg.beta * pose["pose"] + cfg.alpha * adversarial["ddl"]
         logged["loss/ddl_extractor"] = adversarial["ddl"].detach()
     adversary.advance()

@@ -54,6 +54,23 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device '{name}'; valid: auto, cpu, cuda, cuda:N") from None
 
 
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads for torch's intra-op work and OpenCV (``n`` >= 1).
+
+    On a shared or small machine one thread per process is often faster than the default (one per
+    core): threads that wait on each other lose more than they gain when cores are contended.
+    """
+    if n < 1:
+        raise ConfigError(f"--threads {n}: expected a positive number of CPU threads")
+    torch.set_num_threads(n)
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+    except ImportError:  # pragma: no cover - OpenCV is a dependency
+        pass
+
+
 def to_device(batch, device: torch.device, channels_last: bool = False):
     """Move every tensor of a (nested) batch to ``device``; images optionally channels_last."""
     if isinstance(batch, torch.Tensor):

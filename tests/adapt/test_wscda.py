@@ -125,6 +125,13 @@ def test_ddl_matches_a_hand_computation():
     assert torch.equal(ddl_loss(flipped, y, z, w1)["ddl"], out["ddl"])
     with pytest.raises(ValueError, match=r"\(B, 2\)"):
         ddl_loss(logits[:, :1], y, z)
+    # balanced y term: the mean of the animal samples' mean (0, 2, 3) and the other sample's (1)
+    balanced = ddl_loss(logits, y, z, w1, balance_y=True)
+    assert float(balanced["ddl_y"]) == pytest.approx(0.5 * ((by[0] + by[2] + by[3]) / 3 + by[1]), rel=1e-6)
+    assert float(balanced["ddl_z"]) == pytest.approx(loss_z, rel=1e-6)
+    # one class only: the plain mean
+    ones = torch.ones(4)
+    assert torch.equal(ddl_loss(logits, ones, z, w1, balance_y=True)["ddl"], ddl_loss(logits, ones, z, w1)["ddl"])
 
 
 def test_pose_loss_weights_animal_and_other_parts():
