@@ -21,6 +21,9 @@ REPRODUCE = {
             "`python scripts/update_readme_results.py --experiment toy-demo --block demo`.",
     "benchmark": "Reproduce: `make benchmark`, then "
                  "`python scripts/update_readme_results.py --experiment toy-benchmark --block benchmark`.",
+    "demo-3seeds": "Reproduce: `make benchmark BENCHMARK_ARGS=\"--preset demo --data data/demo --experiment "
+                   "toy-demo-3seeds\"`, then `python scripts/update_readme_results.py --experiment toy-demo-3seeds "
+                   "--block demo-3seeds`.",
 }
 
 

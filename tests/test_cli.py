@@ -434,3 +434,17 @@ def test_out_dir_that_is_a_file(tiny_benchmark, empty_yaml, tmp_path, capsys, ml
     assert code == 1
     one_error(err, str(blocker))
     assert blocker.read_text().startswith("a file")
+
+
+# ----------------------------------------------------------------------------------- threads
+def test_threads_option_sets_torch_threads_and_rejects_zero(capsys, tiny_benchmark, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        code, _, _ = call(["--threads", "1", "data", "show", "--data", f"{tiny_benchmark}#source",
+                           "--out", str(tmp_path / "s.png"), "-n", "2"], capsys)
+        assert code == 0 and torch.get_num_threads() == 1
+        code, _, err = call(["--threads", "0", "data", "show", "--data", f"{tiny_benchmark}#source",
+                             "--out", str(tmp_path / "s.png")], capsys)
+        assert code == 2 and err.count("\n") == 1 and "--threads 0" in err
+    finally:
+        torch.set_num_threads(before)

@@ -37,6 +37,8 @@ REPO = HERE.parents[1]
 BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "models": ("models.py", ["--models", "hg2-64", "hg4-256", "resnet18", "--sizes", "128", "256", "--iters", "2",
                              "--max-seconds", "3"], "Pose models: forward and training images/s"),
+    "hourglass_ops": ("hourglass_ops.py", ["--repeats", "3"],
+                      "Hourglass CPU inference ops: torch's pooling/upsampling vs the replacements (before/after)"),
     "pck": ("pck.py", ["--n", "100000", "--repeats", "5"], "PCK on 100,000 predictions"),
     "pseudo_labels": ("pseudo_labels.py", ["--images", "64", "--loop-images", "12", "--repeats", "3"],
                       "CC-SSL pseudo-labelling: batched vs one image at a time vs the forward bound"),
@@ -45,7 +47,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "generate": ("generate.py", ["--source", "64", "--videos", "6", "--frames", "16", "--other", "64",
                                  "--repeats", "2"], "Embedded-benchmark generator: 1 worker vs 2"),
 }
-TORCH_BENCHMARKS = ("models", "pseudo_labels", "pipeline")  # these take --device
+TORCH_BENCHMARKS = ("models", "hourglass_ops", "pseudo_labels", "pipeline")  # these take --device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
