@@ -34,41 +34,53 @@ class Job:
     after: list[str] = field(default_factory=list)  # job names that must finish first
 
 
-def plan(seeds, methods, runs: Path, experiment: str) -> list[Job]:
+# backbone -> (run-name tag, --set for every run, --set for training from scratch); the toy
+# configs are written for the hourglass and carry everything else
+BACKBONES: dict[str, tuple[str, list[str], list[str]]] = {
+    "hourglass": ("hg", [], []),
+    "resnet18": ("r18", ["model.backbone=resnet18", "model.deconv_layers=3", "model.deconv_filters=128"],
+                 ["train.lr=0.001"]),  # experiments/toy/pretrain_resnet.yaml
+}
+
+
+def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass") -> list[Job]:
     """The jobs of every seed in dependency order (pretraining and oracle first)."""
+    tag, model_sets, scratch_sets = BACKBONES[backbone]
     jobs = []  # (method rank, seed, job)
     for s in seeds:
-        pre = f"pretrain_hg_s{s}"
+        def name(base: str) -> str:
+            return f"{base}_{tag}_s{s}"
+
+        pre, ccssl = name("pretrain"), name("ccssl")
         init = str(runs / experiment / pre / "last.pt")
-        ccssl = f"ccssl_hg_s{s}"
         table = {
             # method: (job name, command, config, extra --set, depends on)
-            "source_only": (pre, "pretrain", "pretrain_hg", [], []),
-            "oracle": (f"oracle_hg_s{s}", "finetune", "oracle_hg", [], []),
+            "source_only": (pre, "pretrain", "pretrain_hg", scratch_sets, []),
+            "oracle": (name("oracle"), "finetune", "oracle_hg", scratch_sets, []),
             # control: source-only training continued for as many steps as CC-SSL adds (4 x 40)
-            "source_only_ext": (f"source_only_ext_hg_s{s}", "pretrain", "pretrain_hg",
+            "source_only_ext": (name("source_only_ext"), "pretrain", "pretrain_hg",
                                 ["method=source_only_ext", f"init={init}", "train.lr=0.0005",
                                  "train.batch_size=12", "train.epochs=1000", "train.max_steps=160",
                                  "train.lr_milestones=[]", "train.eval_every=1000"], [pre]),
-            "plain_pl": (f"plain_pl_hg_s{s}", "adapt ccssl", "plain_pl_hg", [f"init={init}"], [pre]),
+            "plain_pl": (name("plain_pl"), "adapt ccssl", "plain_pl_hg", [f"init={init}"], [pre]),
             "ccssl": (ccssl, "adapt ccssl", "ccssl_hg", [f"init={init}"], [pre]),
-            "wscda": (f"wscda_hg_s{s}", "adapt wscda", "wscda_hg", [f"init={init}"], [pre]),
-            "wscda_pplo": (f"wscda_pplo_hg_s{s}", "adapt wscda", "wscda_pplo_hg", [f"init={init}"], [pre]),
+            "wscda": (name("wscda"), "adapt wscda", "wscda_hg", [f"init={init}"], [pre]),
+            "wscda_pplo": (name("wscda_pplo"), "adapt wscda", "wscda_pplo_hg", [f"init={init}"], [pre]),
             # CC-SSL-R: the CC-SSL model fine-tuned on the labelled target (uses target labels)
-            "ccssl_r": (f"ccssl_r_hg_s{s}", "finetune", "oracle_hg",
+            "ccssl_r": (name("ccssl_r"), "finetune", "oracle_hg",
                         ["method=ccssl_r", f"init={runs / experiment / ccssl / 'last.pt'}", "train.lr=0.0005",
                          "train.epochs=8", "train.lr_milestones=[6]"], [ccssl]),
         }
         for ablation in ("invariance", "equivariance", "temporal", "curriculum"):
-            table[f"ccssl_no_{ablation}"] = (f"ccssl_no_{ablation}_hg_s{s}", "adapt ccssl",
+            table[f"ccssl_no_{ablation}"] = (name(f"ccssl_no_{ablation}"), "adapt ccssl",
                                             f"ccssl_no_{ablation}_hg", [f"init={init}"], [pre])
         for method in methods:
-            name, command, config, sets, after = table[method]
+            job_name, command, config, sets, after = table[method]
             argv = command.split() + [f"{TOY}/{config}.yaml", "--seed", str(s)]
-            for kv in [f"name={name}", *sets]:
+            for kv in [f"name={job_name}", *model_sets, *sets]:
                 argv += ["--set", kv]
             jobs.append((METHODS.index(method), s,
-                         Job(name, argv, [a for a in after if any(table[m][0] == a for m in methods)])))
+                         Job(job_name, argv, [a for a in after if any(table[m][0] == a for m in methods)])))
     # method-major: an interrupted benchmark has the main rows for every seed before the ablations
     return [job for _, _, job in sorted(jobs, key=lambda t: t[:2])]
 
@@ -140,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default toy-<preset>)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--backbone", default="hourglass", choices=list(BACKBONES),
+                    help="the toy configs' hourglass, or a ResNet-18 SimpleBaseline (runs named *_r18_s<seed>)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--tracking-uri", default="sqlite:///mlruns.db")
@@ -153,7 +167,7 @@ def main(argv=None) -> int:
     experiment = args.experiment or f"toy-{args.preset}"
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = Path(args.out)
-    jobs = plan(args.seeds, args.methods, runs, experiment)
+    jobs = plan(args.seeds, args.methods, runs, experiment, args.backbone)
     done = finished_runs(experiment, args.tracking_uri)
     if args.dry_run:
         for j in jobs:

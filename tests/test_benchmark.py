@@ -41,6 +41,16 @@ def test_plan_covers_every_method_and_seed_with_dependencies(bench):
         position[f"ccssl_no_temporal_hg_s{s}"] for s in (0, 1, 2))
 
 
+def test_plan_for_the_resnet_backbone(bench):
+    jobs = {j.name: j for j in bench.plan([1], ["source_only", "ccssl"], Path("runs"), "exp", "resnet18")}
+    assert sorted(jobs) == ["ccssl_r18_s1", "pretrain_r18_s1"]
+    cc = jobs["ccssl_r18_s1"]
+    assert cc.after == ["pretrain_r18_s1"] and "init=runs/exp/pretrain_r18_s1/last.pt" in cc.argv
+    assert "model.backbone=resnet18" in cc.argv and "model.backbone=resnet18" in jobs["pretrain_r18_s1"].argv
+    # the scratch learning rate only where a model is trained from scratch
+    assert "train.lr=0.001" in jobs["pretrain_r18_s1"].argv and "train.lr=0.001" not in cc.argv
+
+
 def test_plan_drops_dependencies_on_methods_not_asked_for(bench):
     jobs = bench.plan([0], ["ccssl"], Path("runs"), "exp")
     assert [(j.name, j.after) for j in jobs] == [("ccssl_hg_s0", [])]
