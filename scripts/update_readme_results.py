@@ -22,8 +22,10 @@ REPRODUCE = {
     "benchmark": "Reproduce: `make benchmark`, then "
                  "`python scripts/update_readme_results.py --experiment toy-benchmark --block benchmark`.",
     "demo-3seeds": "Reproduce: `make benchmark BENCHMARK_ARGS=\"--preset demo --data data/demo --experiment "
-                   "toy-demo-3seeds\"`, then `python scripts/update_readme_results.py --experiment toy-demo-3seeds "
-                   "--block demo-3seeds`.",
+                   "toy-demo-3seeds\"` (the hourglass rows), `python scripts/benchmark.py --preset demo --data "
+                   "data/demo --experiment toy-demo-3seeds --backbone resnet18 --seeds 0 --methods source_only oracle "
+                   "ccssl wscda wscda_pplo source_only_ext` (the resnet18 rows), then `python "
+                   "scripts/update_readme_results.py --experiment toy-demo-3seeds --block demo-3seeds`.",
 }
 
 
