@@ -35,7 +35,7 @@ import torch
 
 from da_pose.data.toy.generate import generate
 from da_pose.data.toy.presets import PRESETS
-from models import machine_line  # scripts/bench/models.py (the script's own folder)
+from common import machine_line  # scripts/bench/common.py (the script's own folder)
 
 MAT_HEADER_TEXT = 116  # bytes of a MAT-file's descriptive header text (level 5 format)
 SPIN_STEPS = 3_000_000  # pure-Python loop steps of the machine probe (a fraction of a second)

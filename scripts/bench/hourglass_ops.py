@@ -24,7 +24,7 @@ from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.models import layers
 from da_pose.models.factory import build_model
 from da_pose.train.losses import joints_mse
-from models import machine_line  # scripts/bench/models.py (the script's own folder)
+from common import machine_line  # scripts/bench/common.py (the script's own folder)
 
 DEMO_CONFIG = "experiments/toy/ccssl_hg.yaml"
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import time
 
 import torch
@@ -24,6 +22,7 @@ import torch
 from da_pose.config import ModelConfig
 from da_pose.models.factory import build_model, count_parameters
 from da_pose.train.losses import joints_mse
+from common import machine_line, sync  # scripts/bench/common.py (the script's own folder)
 
 # the benchmarked settings: published hourglass, a small CPU hourglass, two SimpleBaselines
 MODELS: dict[str, ModelConfig] = {
@@ -59,11 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def images_per_second(model, x: torch.Tensor, backward: bool, iters: int, warmup: int,
                       amp: bool, max_seconds: float = 0.0) -> float:
     """Time up to ``iters`` forward (or forward+backward) passes on ``x`` after ``warmup`` passes.
@@ -96,28 +90,18 @@ def images_per_second(model, x: torch.Tensor, backward: bool, iters: int, warmup
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     done = 0
     while done < iters:
         step()
         done += 1
         if max_seconds > 0:
-            _sync(device)
+            sync(device)
             if time.perf_counter() - start >= max_seconds:
                 break
-    _sync(device)
+    sync(device)
     return x.shape[0] * done / (time.perf_counter() - start)
-
-
-def machine_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-    return (f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, device {device} ({name}), "
-            f"python {platform.python_version()}")
 
 
 def main(argv=None) -> None:

@@ -49,7 +49,7 @@ from da_pose.jobs import make_codec, make_dataset, make_loader
 from da_pose.models.factory import build_model
 from da_pose.train.steps import supervised_step
 from da_pose.train.trainer import Trainer, resolve_device
-from models import machine_line  # scripts/bench/models.py (the script's own folder)
+from common import machine_line, ratio_row, sync  # scripts/bench/common.py (the script's own folder)
 
 DEMO_CONFIG = "experiments/toy/pretrain_hg.yaml"
 
@@ -85,16 +85,11 @@ def bench_root(wanted: str, images: int, tmp: str) -> tuple[Path, str]:
     return root, f"generated tiny preset with {images} source images ({wanted or '-'} has no manifest.json)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -112,13 +107,6 @@ def waiting(batches, total: dict):
             total["wait"] += time.perf_counter() - start
         yield batch
         start = time.perf_counter()
-
-
-def row(name: str, ours: float, ref: float, target: float, note: str = "") -> str:
-    ratio = ours / ref
-    met = "-" if target <= 0 else ("yes" if ratio >= target else "no")
-    shown = "-" if target <= 0 else f">= {target:g}x"
-    return f"| {name} | {ours:.2f} | {ref:.2f} | {ratio:.2f}x | {shown} | {met} | {note} |"
 
 
 def main(argv=None) -> None:
@@ -183,9 +171,9 @@ def main(argv=None) -> None:
     print()
     print("| measurement | ours img/s | reference img/s | ratio | target | met | note |")
     print("|---|---:|---:|---:|---:|---|---|")
-    print(row("pretrain end to end vs model step alone", e2e, model_only, 0.9,
+    print(ratio_row("pretrain end to end vs model step alone", e2e, model_only, 0.9,
               "dataset + loader + targets + train step vs train step on batches in memory"))
-    print(row("data path (loader wait) vs model step alone", data_only, model_only, 9.0,
+    print(ratio_row("data path (loader wait) vs model step alone", data_only, model_only, 9.0,
               f"{100 * total['wait'] / total['e2e']:.1f} % of the end-to-end time is spent waiting for batches"),
           flush=True)
     if profile_text:

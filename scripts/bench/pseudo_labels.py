@@ -53,7 +53,7 @@ from da_pose.eval.evaluate import apply_affines, invert_affines
 from da_pose.jobs import make_codec, make_dataset
 from da_pose.models.factory import build_model
 from da_pose.models.layers import PoseOutput
-from models import machine_line  # scripts/bench/models.py (the script's own folder)
+from common import machine_line, ratio_row, sync  # scripts/bench/common.py (the script's own folder)
 
 DEMO_CONFIG = "experiments/toy/ccssl_hg.yaml"
 
@@ -77,11 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but torch sees no CUDA device")
     return args
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_root(wanted: str, images: int, tmp: str) -> tuple[Path, str]:
@@ -135,7 +130,7 @@ def one_image_at_a_time(model, dataset, codec, cfg, device: torch.device, seed: 
     std = torch.tensor(dataset.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     seconds = []
     for i in range(n):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         item = dataset[i]
         image = item["image"][None].to(device)  # 1, 3, S, S
@@ -143,7 +138,7 @@ def one_image_at_a_time(model, dataset, codec, cfg, device: torch.device, seed: 
         xy, _conf = aggregate(views, codec, cfg.confidence)  # 1, K, 2 input px
         back = invert_affines(item["affine"][None].to(device, torch.float64))
         apply_affines(back, xy.double()).float().cpu().numpy()  # (1, K, 2) original px
-        _sync(device)
+        sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -151,26 +146,19 @@ def one_image_at_a_time(model, dataset, codec, cfg, device: torch.device, seed: 
 @torch.no_grad()
 def forward_seconds(model, x: torch.Tensor) -> float:
     """Seconds of one inference forward pass of ``x`` (already on its device)."""
-    _sync(x.device)
+    sync(x.device)
     start = time.perf_counter()
     model(x)
-    _sync(x.device)
+    sync(x.device)
     return time.perf_counter() - start
 
 
 def timed(fn, device: torch.device):
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     result = fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, result
-
-
-def row(name: str, ours: float, ref: float, target: float, note: str = "") -> str:
-    ratio = ours / ref
-    met = "-" if target <= 0 else ("yes" if ratio >= target else "no")
-    shown = "-" if target <= 0 else f">= {target:g}x"
-    return f"| {name} | {ours:.2f} | {ref:.2f} | {ratio:.2f}x | {shown} | {met} | {note} |"
 
 
 def main(argv=None) -> None:
@@ -235,15 +223,15 @@ def main(argv=None) -> None:
     print()
     print("| measurement | ours img/s | reference img/s | ratio | target | met | note |")
     print("|---|---:|---:|---:|---:|---|---|")
-    print(row("batched views vs one image at a time", batched, loop, 5.0,
+    print(ratio_row("batched views vs one image at a time", batched, loop, 5.0,
               f"reference: {1 + t} forward passes of 1 view per image"))
-    print(row("batched views vs forward-only bound", batched, bound_n, 0.8,
+    print(ratio_row("batched views vs forward-only bound", batched, bound_n, 0.8,
               f"bound: {1 + t} forward passes of {b} images in memory ({bound:.2f} img/s per full batch)"))
-    print(row("whole round with optical flow vs one at a time + flow", rnd, loop_flow, 5.0,
+    print(ratio_row("whole round with optical flow vs one at a time + flow", rnd, loop_flow, 5.0,
               "generate_pseudo_labels (flow on 2 threads) vs loop + flow on 1 thread"))
-    print(row("optical flow alone, 2 threads vs 1", flow_par, flow_seq, 0.0,
+    print(ratio_row("optical flow alone, 2 threads vs 1", flow_par, flow_seq, 0.0,
               f"flow is {100 * best['flow_par'] / best['round']:.0f} % of the round"))
-    print(row(f"forward: {1 + t} passes of {b} vs 1 pass of {(1 + t) * b} views", bound, b / best["one_pass"], 0.0,
+    print(ratio_row(f"forward: {1 + t} passes of {b} vs 1 pass of {(1 + t) * b} views", bound, b / best["one_pass"], 0.0,
               "why predict_views splits its forward pass on a CPU"), flush=True)
 
 
