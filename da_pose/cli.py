@@ -37,6 +37,7 @@ def run_options(fn):
 
 
 def _load(config, sets, tracking_uri, seed, device, resume):
+    import da_pose.adapt  # noqa: F401  (the methods' config sections)
     from da_pose.config import load_config
 
     return load_config(config, _config_overrides(sets, tracking_uri, seed, device, resume))
@@ -47,7 +48,7 @@ def _load(config, sets, tracking_uri, seed, device, resume):
 @click.option("--threads", type=int, default=None, envvar="DA_POSE_THREADS", show_envvar=True,
               help="CPU threads for torch and OpenCV (default: torch's choice, one per core).")
 def cli(threads):
-    """Animal pose estimation across domains: pretrain, adapt (CC-SSL, WS-CDA), evaluate, compare."""
+    """Animal pose estimation across domains: pretrain, adapt (CC-SSL, WS-CDA, ...), evaluate, compare."""
     if threads is not None:
         from da_pose.train.trainer import set_threads
 
@@ -79,7 +80,11 @@ def data_generate(out, preset, seed, workers):
 
 @data.command("show")
 @click.option("--data", "spec", required=True,
-              help="DIR#domain (a benchmark folder), tigdog:ROOT, synthetic:ROOT or coco:ANN.json")
+              help="DIR#domain (a benchmark folder), tigdog:ROOT, synthetic:ROOT, ap10k:ANN.json, "
+                   "animalpose:ANN.json or coco:ANN.json (each COCO kind takes @IMAGEDIR).")
+@click.option("--joint-map", "joint_map", default=None, metavar="NAME|FILE.yaml",
+              help="For coco:ANN.json: a built-in map (ap10k, animalpose, coco_person) or a joint-map file "
+                   "(datasets/README.md).")
 @click.option("--animal", default=None, help="Animal / species for tigdog: and synthetic: roots.")
 @click.option("--split", default="all", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
@@ -87,12 +92,12 @@ def data_generate(out, preset, seed, workers):
 @click.option("--seed", type=int, default=0)
 @click.option("--strict/--no-strict", default=False, show_default=True,
               help="Refuse a dataset with any unreadable sample instead of skipping it with a warning.")
-def data_show(spec, animal, split, out, count, seed, strict):
+def data_show(spec, joint_map, animal, split, out, count, seed, strict):
     """Draw a grid of samples with their skeletons."""
     from da_pose.data.manifest import parse_data_spec
     from da_pose.viz import records_grid
 
-    records = parse_data_spec(spec, animal=animal, split=split, strict=strict)
+    records = parse_data_spec(spec, animal=animal, split=split, joint_map=joint_map, strict=strict)
     path = records_grid(records, out, n=count, seed=seed)
     click.echo(f"wrote {path} ({min(count, len(records))} of {len(records)} samples)")
 
@@ -118,36 +123,37 @@ def finetune(config, sets, tracking_uri, seed, device, resume):
     run_finetune(_load(config, sets, tracking_uri, seed, device, resume))
 
 
-@cli.group()
-def adapt():
-    """Domain adaptation from a pretrained checkpoint (--set init=PATH)."""
+class _AdaptCommand(click.Command):
+    """``da-pose adapt NAME CONFIG``: the help lists every registered method."""
+
+    def format_help_text(self, ctx, formatter):
+        super().format_help_text(ctx, formatter)
+        from da_pose.adapt import METHODS
+
+        with formatter.section("Methods (NAME)"):
+            formatter.write_dl([(name, m.summary) for name, m in METHODS.items()])
 
 
-@adapt.command("ccssl")
+@cli.command(cls=_AdaptCommand)
+@click.argument("name")
 @click.argument("config", type=click.Path(dir_okay=False))
 @run_options
-def adapt_ccssl(config, sets, tracking_uri, seed, device, resume):
-    """CC-SSL: consistency-constrained pseudo-label rounds on unlabelled target video."""
-    from da_pose.jobs import run_ccssl
+def adapt(name, config, sets, tracking_uri, seed, device, resume):
+    """Domain adaptation from a pretrained checkpoint (--set init=PATH) with the method NAME."""
+    from da_pose.adapt import get_method, run_adaptation
 
-    run_ccssl(_load(config, sets, tracking_uri, seed, device, resume))
-
-
-@adapt.command("wscda")
-@click.argument("config", type=click.Path(dir_okay=False))
-@run_options
-def adapt_wscda(config, sets, tracking_uri, seed, device, resume):
-    """WS-CDA: domain discriminators with adversarial training, then PPLO rounds."""
-    from da_pose.jobs import run_wscda
-
-    run_wscda(_load(config, sets, tracking_uri, seed, device, resume))
+    method = get_method(name)  # an unknown name lists the valid ones (exit 2)
+    run_adaptation(_load(config, sets, tracking_uri, seed, device, resume), method)
 
 
 # ---------------------------------------------------------------------------------------- eval
 @cli.command()
 @click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False))
 @click.option("--data", "spec", default=None,
-              help="DIR#domain, tigdog:ROOT, synthetic:ROOT or coco:ANN.json (default: the run's target).")
+              help="DIR#domain, tigdog:ROOT, synthetic:ROOT, ap10k:ANN.json, animalpose:ANN.json or "
+                   "coco:ANN.json[@IMAGEDIR] (default: the run's target).")
+@click.option("--joint-map", "joint_map", default=None, metavar="NAME|FILE.yaml",
+              help="For coco:ANN.json: a built-in map (ap10k, animalpose, coco_person) or a joint-map file.")
 @click.option("--animal", default=None)
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for tables (default: beside the checkpoint).")
@@ -156,7 +162,7 @@ def adapt_wscda(config, sets, tracking_uri, seed, device, resume):
 @click.option("--tracking-uri", default=None)
 @click.option("--device", default=None)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
-def evaluate(ckpt, spec, animal, split, out, flip_test, log, tracking_uri, device, sets):
+def evaluate(ckpt, spec, joint_map, animal, split, out, flip_test, log, tracking_uri, device, sets):
     """Per-joint and per-group PCK@0.05 of a checkpoint."""
     from da_pose.data.manifest import parse_data_spec
     from da_pose.jobs import config_from_checkpoint, run_evaluate
@@ -170,7 +176,7 @@ def evaluate(ckpt, spec, animal, split, out, flip_test, log, tracking_uri, devic
         overrides.append(f"codec.flip_test={str(flip_test).lower()}")
     cfg = config_from_checkpoint(ckpt, overrides)
     spec = spec or f"{cfg.data.root}#{cfg.data.target}"
-    records = parse_data_spec(spec, animal=animal, split=split, strict=cfg.data.strict)
+    records = parse_data_spec(spec, animal=animal, split=split, joint_map=joint_map, strict=cfg.data.strict)
     out_dir = Path(out) if out else Path(ckpt).parent / "evaluate"
     run_evaluate(ckpt, cfg, records, out_dir, log=log, title=f"{Path(ckpt).name} on {spec} ({split})")
     click.echo(f"tables in {out_dir}")
@@ -183,7 +189,7 @@ def evaluate(ckpt, spec, animal, split, out, flip_test, log, tracking_uri, devic
 @click.option("--metric-prefix", default="target_test/", show_default=True)
 def compare(experiment, tracking_uri, out, metric_prefix):
     """Compare methods: per-group/per-joint tables (mean +- std over seeds) and a plot, from MLflow."""
-    from da_pose.jobs import run_compare
+    from da_pose.eval.compare import run_compare
 
     run_compare(experiment, tracking_uri, Path(out) if out else Path("runs") / experiment / "compare", metric_prefix)
 
@@ -195,7 +201,8 @@ def compare(experiment, tracking_uri, out, metric_prefix):
 @click.option("--device", default=None)
 def predict(ckpt, inputs, out, device):
     """Skeleton overlays and keypoint JSON for images, folders or a video file."""
-    from da_pose.jobs import config_from_checkpoint, run_predict
+    from da_pose.jobs import config_from_checkpoint
+    from da_pose.predict import run_predict
 
     cfg = config_from_checkpoint(ckpt, [f"device={device}"] if device else [])
     n = run_predict(ckpt, cfg, list(inputs), Path(out))

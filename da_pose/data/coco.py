@@ -1,9 +1,11 @@
 """COCO-keypoints reader and writer (Animal-Pose, AP-10K, COCO people) via pycocotools.
 
 Keypoints in the JSON are a flat list ``[x1, y1, v1, x2, y2, v2, ...]`` with v in {0, 1, 2}
-(0 not labelled, 1 labelled but occluded, 2 labelled and visible). A ``joint_map`` lists
-``(coco_keypoint_index, skeleton_index)`` pairs that carry a dataset's keypoints onto the
-18-joint TigDog skeleton; skeleton joints without a counterpart are unlabelled (visible 0).
+(0 not labelled, 1 labelled but occluded, 2 labelled and visible). A joint map
+(``da_pose.data.joint_maps``: a built-in name, a YAML file, or plain
+``(coco_keypoint_index, skeleton_index)`` pairs) carries a dataset's keypoints onto the 18-joint
+TigDog skeleton; skeleton joints without a counterpart are unlabelled (visible 0). Named maps
+and map files are checked against the category's keypoint names.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from da_pose.fileio import write_bytes_atomic
+from da_pose.data import joint_maps
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DataError
@@ -103,47 +106,18 @@ def write_coco(
 
 # ----------------------------------------------------------------------------------- joint maps
 
-# (coco_keypoint_index, skeleton_index) pairs onto the 18 TigDog joints (skeleton.JOINTS).
-#
-# Animal-Pose (Cao et al., ICCV 2019; 20 keypoints: L/R eye, L/R ear base, nose, throat, tail
-# base, withers, L/R front elbow, L/R back elbow, L/R front knee, L/R back knee, L/R front paw,
-# L/R back paw). Its leg names follow TigDog's (front/back elbow, knee, paw = hoof), so legs map
-# by name; tail base = TigDog hip. No counterpart: chin (2), left and right shoulder (12, 13);
-# ear bases, nose, throat and withers are dropped.
-ANIMAL_POSE_KEYPOINTS: tuple[str, ...] = (
-    "L_Eye", "R_Eye", "L_EarBase", "R_EarBase", "Nose", "Throat", "TailBase", "Withers",
-    "L_F_Elbow", "R_F_Elbow", "L_B_Elbow", "R_B_Elbow", "L_F_Knee", "R_F_Knee", "L_B_Knee",
-    "R_B_Knee", "L_F_Paw", "R_F_Paw", "L_B_Paw", "R_B_Paw",
-)
-ANIMAL_POSE_MAP: tuple[tuple[int, int], ...] = (
-    (0, 0), (1, 1),  # eyes
-    (6, 7),  # tail base -> hip
-    (8, 14), (9, 15), (10, 16), (11, 17),  # front / back elbows
-    (12, 8), (13, 9), (14, 10), (15, 11),  # front / back knees
-    (16, 3), (17, 4), (18, 5), (19, 6),  # paws -> hoofs
-)
+# The built-in maps live in ``da_pose.data.joint_maps`` (checked by keypoint name); these names
+# stay for code that imports them from here. Each is a JointMap that iterates as
+# ``(coco_keypoint_index, skeleton_index)`` pairs.
+ANIMAL_POSE_KEYPOINTS = joint_maps.ANIMAL_POSE_KEYPOINTS
+ANIMAL_POSE_MAP = joint_maps.ANIMAL_POSE
+AP10K_KEYPOINTS = joint_maps.AP10K_KEYPOINTS
+AP10K_MAP = joint_maps.AP10K
+COCO_PERSON_MAP = joint_maps.COCO_PERSON
 
-# AP-10K (Yu et al., NeurIPS 2021; 17 keypoints: L/R eye, nose, neck, root of tail, L shoulder,
-# L elbow, L front paw, R shoulder, R elbow, R front paw, L hip, L knee, L back paw, R hip,
-# R knee, R back paw). No counterpart: chin (2), front knees (8, 9), back knees (10, 11), back
-# elbows (16, 17). AP-10K's hind "hip" and "knee" are anatomical joints (hip joint, stifle)
-# while TigDog's hind chain is tail root -> back elbow -> back knee -> hoof; the positions do
-# not line up reliably, so they are left out. Nose and neck are dropped.
-AP10K_KEYPOINTS: tuple[str, ...] = (
-    "L_Eye", "R_Eye", "Nose", "Neck", "Root of tail", "L_Shoulder", "L_Elbow", "L_F_Paw",
-    "R_Shoulder", "R_Elbow", "R_F_Paw", "L_Hip", "L_Knee", "L_B_Paw", "R_Hip", "R_Knee", "R_B_Paw",
-)
-AP10K_MAP: tuple[tuple[int, int], ...] = (
-    (0, 0), (1, 1),  # eyes
-    (4, 7),  # root of tail -> hip
-    (5, 12), (8, 13),  # shoulders
-    (6, 14), (9, 15),  # elbows -> front elbows
-    (7, 3), (10, 4), (13, 5), (16, 6),  # paws -> hoofs
-)
-
-JOINT_MAPS: dict[str, tuple[tuple[int, int], ...]] = {
-    "animal_pose": ANIMAL_POSE_MAP,
-    "ap10k": AP10K_MAP,
+JOINT_MAPS: dict[str, joint_maps.JointMap] = {
+    **joint_maps.BUILTIN,
+    **{alias: joint_maps.BUILTIN[key] for alias, key in joint_maps.ALIASES.items()},
 }
 
 
@@ -194,6 +168,36 @@ def _check_joint_map(joint_map, num_coco: int, num_joints: int, path: Path) -> n
     return pairs
 
 
+def _file_joint_map(ann_file: Path, cats: dict, joint_map, num_joints: int) -> np.ndarray:
+    """The (P, 2) pairs for every keypoint category of the file, checked by name and range."""
+    with_kps = [c for c in cats.values() if isinstance(c.get("keypoints"), list) and c["keypoints"]]
+    if not with_kps:
+        raise DataError(f"{ann_file}: no category lists 'keypoints'; expected a COCO keypoints JSON")
+    first = with_kps[0]
+    names = [str(n) for n in first["keypoints"]]
+    for cat in with_kps[1:]:
+        other = [str(n) for n in cat["keypoints"]]
+        if other != names:
+            i = next((i for i, (a, b) in enumerate(zip(names, other)) if a != b), min(len(names), len(other)))
+            got = repr(other[i]) if i < len(other) else "nothing"
+            want = repr(names[i]) if i < len(names) else "nothing"
+            raise DataError(
+                f"{ann_file}: categories {first.get('name')!r} and {cat.get('name')!r} disagree on keypoint "
+                f"{i} ({want} vs {got}); expected one keypoint list for every category of a file"
+            )
+    k = len(names)
+    if joint_map is None:
+        if k != num_joints:
+            raise ConfigError(
+                f"{ann_file}: {k} keypoints per instance but {num_joints} joints; "
+                + joint_maps.identity_hint(names, num_joints)
+            )
+        return np.stack([np.arange(k), np.arange(k)], axis=1)
+    if isinstance(joint_map, joint_maps.JointMap):
+        joint_maps.check_names(joint_map, names, f"{ann_file}: category {first.get('name')!r}")
+    return _check_joint_map(joint_map, k, num_joints, ann_file)
+
+
 def load_coco(
     ann_file: str | os.PathLike,
     image_root: str | os.PathLike,
@@ -205,19 +209,25 @@ def load_coco(
 ) -> list[PoseRecord]:
     """Load a COCO keypoints JSON as PoseRecords (one per annotation, original pixels).
 
-    ``joint_map``: ``(coco_keypoint_index, skeleton_index)`` pairs (``ANIMAL_POSE_MAP``,
-    ``AP10K_MAP`` or your own); ``None`` means identity and needs exactly ``num_joints``
-    keypoints. A COCO flag v > 0 (labelled, visible or not) gives visible 1; unmapped joints
+    ``joint_map``: a built-in map name (``ap10k``, ``animalpose``, ``coco_person``), a YAML
+    joint-map file, a :class:`~da_pose.data.joint_maps.JointMap` (``AP10K_MAP``,
+    ``ANIMAL_POSE_MAP``), or plain ``(coco_keypoint_index, skeleton_index)`` pairs; ``None``
+    means identity and needs exactly ``num_joints`` keypoints. Every keypoint category of the
+    file must list the same keypoint names (DataError otherwise), and a named map or map file
+    must declare exactly those names (ConfigError naming the first difference). A COCO flag v > 0 (labelled, visible or not) gives visible 1; unmapped joints
     get 0. Crowd annotations and those with fewer than ``min_keypoints`` mapped labelled
     joints are dropped. Crop: centre of the annotation bbox, side = max(w, h) * crop_factor
     (the box from the labelled keypoints when the bbox is missing or empty). ``record.bbox``
     is the tight box of the mapped labelled joints (like the other loaders);
     ``extra["object_bbox"]`` is the annotation bbox. An annotation with a malformed keypoint
     list or a missing image is skipped with a warning (``strict``: DataError).
-    ``record.frame`` = image id, ``record.species`` = category name.
+    ``record.frame`` = image id, ``record.species`` = category name; ``extra`` also holds
+    ``ann_file``, ``category_id`` and ``joint_map`` (what OKS AP needs to score the record
+    against its own file).
     """
     from pycocotools.coco import COCO
 
+    joint_map = joint_maps.resolve_joint_map(joint_map)
     ann_file, image_root = Path(ann_file).resolve(), Path(image_root).resolve()
     doc = _read_json(ann_file)
     coco = COCO()
@@ -236,8 +246,8 @@ def load_coco(
         if odd:
             raise DataError(f"{ann_file}: {kind} id {odd[0]!r} is not an integer; expected COCO keypoints")
     cats = {c["id"]: c for c in doc["categories"] if isinstance(c, dict) and "id" in c}
+    pairs = _file_joint_map(ann_file, cats, joint_map, num_joints)
     exists: dict[str, bool] = {}  # file_name -> is a file (several instances share an image)
-    maps: dict[int, np.ndarray] = {}
     records, bad = [], []
     for ann_id in sorted(coco.getAnnIds()):
         ann = coco.anns[ann_id]
@@ -248,17 +258,6 @@ def load_coco(
             if cat is None or not cat.get("keypoints"):
                 raise DataError(f"{ann_file}: annotation {ann_id} has no keypoint category")
             k = len(cat["keypoints"])
-            if cat["id"] not in maps:
-                if joint_map is None:
-                    if k != num_joints:
-                        raise ConfigError(
-                            f"{ann_file}: {k} keypoints per instance but {num_joints} joints; "
-                            "pass a joint_map (e.g. ANIMAL_POSE_MAP, AP10K_MAP)"
-                        )
-                    maps[cat["id"]] = np.stack([np.arange(k), np.arange(k)], axis=1)
-                else:
-                    maps[cat["id"]] = _check_joint_map(joint_map, k, num_joints, ann_file)
-            pairs = maps[cat["id"]]
             kp = _number_array(ann.get("keypoints", []))
             if kp is None or kp.shape != (3 * k,):
                 size = "non-numeric" if kp is None else kp.size
@@ -316,7 +315,8 @@ def load_coco(
                 video=-1,
                 frame=int(ann["image_id"]),
                 species=str(cat.get("name", "")),
-                extra={"object_bbox": obj, "annotation_id": int(ann_id)},
+                extra={"object_bbox": obj, "annotation_id": int(ann_id), "ann_file": str(ann_file),
+                       "category_id": cat["id"], "joint_map": joint_map},
             )
         )
     if bad and not records:

@@ -7,7 +7,12 @@ real datasets) holds ``manifest.json``::
      "domains": {"source": {"format": "synthetic", "root": ..., "species": ..., ...},
                  "target": {"format": "tigdog", "root": ..., "species": ..., "split_files": {...}},
                  "other":  {"format": "coco", "annotations": {"train": ..., "val": ...},
-                            "images": ..., "joint_map": [[0, 0], ...]}}}
+                            "images": ..., "joint_map": "ap10k" | "map.yaml" | [[0, 0], ...]},
+                 "animals": {"format": "ap10k", "annotations": {...}, "images": ...}}}
+
+COCO-format domains: ``coco`` with a ``joint_map`` (a built-in name, a YAML joint-map file inside
+the folder, or unchecked index pairs), or ``ap10k`` / ``animalpose``, which bring their built-in
+map (checked against the file's keypoint names).
 
 Every path in it is relative to the manifest's folder and must stay inside it (no absolute
 paths, no ``..`` escaping it); symbolic links inside the folder are followed, so a real
@@ -23,14 +28,16 @@ import posixpath
 import warnings
 from pathlib import Path
 
-from da_pose.data import coco, synthetic, tigdog
+from da_pose.data import coco, joint_maps, synthetic, tigdog
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-FORMATS = ("synthetic", "tigdog", "coco")
+FORMATS = ("synthetic", "tigdog", "coco", "ap10k", "animalpose")
+# COCO-format sets with a built-in joint map of their own: ``ap10k`` = ``coco`` + joint map ``ap10k``.
+COCO_KINDS = {"coco": None, "ap10k": "ap10k", "animalpose": "animalpose"}
 SPLITS = {"synthetic": ("train", "val", "all"), "tigdog": ("train", "test", "all")}
 
 
@@ -84,7 +91,7 @@ def _check_domain(root: Path, name: str, entry, num_joints: int) -> None:
             raise DataError(f"{label}: split_files keys {sorted(files)}, expected 'train' and/or 'test'")
         for key, rel in files.items():
             resolve_inside(root, rel, f"domain {name!r} split_files[{key!r}]")
-    if fmt == "coco":
+    if fmt in COCO_KINDS:
         anns = _need(entry, "annotations", dict, label)
         if not anns:
             raise DataError(f"{label}: annotations is empty, expected {{split: path}}")
@@ -93,11 +100,18 @@ def _check_domain(root: Path, name: str, entry, num_joints: int) -> None:
                 raise DataError(f"{label}: 'all' is reserved (it loads every annotation file)")
             resolve_inside(root, rel, f"domain {name!r} annotations[{key!r}]")
         resolve_inside(root, _need(entry, "images", str, label), f"domain {name!r} images")
+        if "joint_map" in entry and COCO_KINDS[fmt] is not None:
+            raise DataError(f"{label}: format {fmt!r} brings its own joint map; drop 'joint_map' or use format 'coco'")
         if "joint_map" in entry:
             jm = entry["joint_map"]
             if isinstance(jm, str):
-                if jm not in coco.JOINT_MAPS:
-                    raise DataError(f"{label}: joint_map {jm!r}, expected one of {sorted(coco.JOINT_MAPS)} or pairs")
+                if joint_maps.is_map_file(jm):
+                    resolve_inside(root, jm, f"domain {name!r} joint_map")
+                elif jm not in coco.JOINT_MAPS:
+                    raise DataError(
+                        f"{label}: joint_map {jm!r}, expected one of {joint_maps.builtin_names()}, "
+                        "a .yaml joint-map file inside the folder, or pairs"
+                    )
             elif not isinstance(jm, list) or not all(
                 isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p) for p in jm
             ):
@@ -135,14 +149,28 @@ def read_manifest(root: str | os.PathLike) -> dict:
     return doc
 
 
-def _joint_map(value):
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value not in coco.JOINT_MAPS:
-            raise ConfigError(f"joint map {value!r}: expected one of {sorted(coco.JOINT_MAPS)}")
-        return coco.JOINT_MAPS[value]
-    return [tuple(p) for p in value]
+def _joint_map(value, root=None):
+    """A manifest entry's or the CLI's joint map (a map file relative to ``root`` for a manifest)."""
+    if isinstance(value, str) and root is not None and joint_maps.is_map_file(value):
+        return joint_maps.read_joint_map(resolve_inside(root, value, "joint_map"))
+    return joint_maps.resolve_joint_map(value)
+
+
+def _entry_joint_map(root, entry: dict):
+    builtin = COCO_KINDS[entry["format"]]
+    return joint_maps.BUILTIN[builtin] if builtin else _joint_map(entry.get("joint_map"), root)
+
+
+def default_image_root(ann_file: str | os.PathLike) -> Path:
+    """Where ``coco:ANN.json`` looks for images when no ``@IMAGEDIR`` is given.
+
+    ``images/`` beside the annotation file's folder (``ROOT/annotations/val.json`` ->
+    ``ROOT/images/``, the layout of datasets/animal_pose/README.md); when there is no such
+    folder, the annotation file's own folder.
+    """
+    folder = Path(ann_file).resolve().parent
+    beside = folder.parent / "images"
+    return beside if beside.is_dir() else folder
 
 
 def load_entry(root: str | os.PathLike, name: str, entry: dict, split: str, strict: bool = False) -> list[PoseRecord]:
@@ -176,12 +204,13 @@ def load_entry(root: str | os.PathLike, name: str, entry: dict, split: str, stri
             **kwargs,
         )
     names = list(entry["annotations"]) if split == "all" else [split]
+    jm = _entry_joint_map(root, entry)
     records: list[PoseRecord] = []
     for key in names:
         records += coco.load_coco(
             resolve_inside(root, entry["annotations"][key]),
             resolve_inside(root, entry["images"]),
-            joint_map=_joint_map(entry.get("joint_map")),
+            joint_map=jm,
             strict=strict,
             **kwargs,
         )
@@ -219,6 +248,24 @@ def _held_out(split: str, valid: tuple[str, ...]) -> str:
     return "val" if split == "test" and "test" not in valid and "val" in valid else split
 
 
+SPEC_FORMS = (
+    f"DIR#domain (DIR holding {MANIFEST}), tigdog:ROOT, synthetic:ROOT, ap10k:ANN.json[@IMAGEDIR], "
+    "animalpose:ANN.json[@IMAGEDIR] or coco:ANN.json[@IMAGEDIR]"
+)
+
+
+def data_spec(root: str, fmt: str = "manifest", domain: str = "target") -> str:
+    """The ``--data`` spec for a config's ``data.root`` read as ``data.format``.
+
+    ``manifest`` (default): ``ROOT#domain``; any other format: ``FORMAT:ROOT`` (``ap10k:ANN.json``).
+    """
+    if fmt == "manifest":
+        return f"{root}#{domain}"
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format {fmt!r}: expected manifest or one of {', '.join(FORMATS)}")
+    return f"{fmt}:{root}"
+
+
 def parse_data_spec(
     spec: str, animal: str | None = None, split: str = "test", joint_map=None, strict: bool = False
 ) -> list[PoseRecord]:
@@ -227,20 +274,33 @@ def parse_data_spec(
     - ``DIR#domain``: a benchmark folder with ``manifest.json`` and one of its domains.
     - ``tigdog:ROOT``: a ``behaviorDiscovery2.0`` folder; needs ``animal``.
     - ``synthetic:ROOT``: a ``synthetic_animal`` folder; needs ``animal``.
-    - ``coco:ANN.json`` (images in ``images/`` next to it) or ``coco:ANN.json@IMAGEDIR``; the
-      whole file is loaded (``split`` is ignored); ``joint_map`` is a name of
-      ``coco.JOINT_MAPS`` or pairs (default identity, 18 keypoints).
+    - ``ap10k:ANN.json[@IMAGEDIR]`` and ``animalpose:ANN.json[@IMAGEDIR]``: AP-10K and
+      Animal-Pose files with their built-in joint maps (checked by keypoint name).
+    - ``coco:ANN.json[@IMAGEDIR]``: any COCO keypoints file; ``joint_map`` is a built-in map
+      name, a YAML joint-map file or pairs (default identity: 18 keypoints).
+
+    For the COCO kinds the whole file is loaded (``split`` is ignored); without ``@IMAGEDIR``
+    the images are read from :func:`default_image_root`.
 
     ``split="test"`` means ``val`` for formats whose held-out split is called ``val``.
     """
     if not isinstance(spec, str) or not spec:
-        raise ConfigError("data spec is empty: expected DIR#domain, tigdog:ROOT, synthetic:ROOT or coco:ANN.json")
+        raise ConfigError(f"data spec is empty: expected {SPEC_FORMS}")
     kind, sep, rest = spec.partition(":")
-    if sep and kind in ("tigdog", "synthetic", "coco") and rest:
-        if kind == "coco":
+    if sep and kind in ("tigdog", "synthetic", *COCO_KINDS) and rest:
+        if kind in COCO_KINDS:
             ann, _, images = rest.partition("@")
-            image_root = Path(images) if images else Path(ann).parent / "images"
-            return coco.load_coco(ann, image_root, joint_map=_joint_map(joint_map), strict=strict)
+            builtin = COCO_KINDS[kind]
+            if builtin and joint_map not in (None, "") and joint_maps.resolve_joint_map(joint_map) is not (
+                joint_maps.BUILTIN[builtin]
+            ):
+                raise ConfigError(
+                    f"data spec {spec!r}: {kind}: brings the {builtin!r} joint map; use coco:{rest} with "
+                    "--joint-map to read the file with another map"
+                )
+            jm = joint_maps.BUILTIN[builtin] if builtin else _joint_map(joint_map)
+            image_root = Path(images) if images else default_image_root(ann)
+            return coco.load_coco(ann, image_root, joint_map=jm, strict=strict)
         if not animal:
             raise ConfigError(f"data spec {spec!r} needs --animal (the species folder to read)")
         if kind == "tigdog":
@@ -248,10 +308,7 @@ def parse_data_spec(
         return synthetic.load_synthetic(rest, animal, _held_out(split, SPLITS["synthetic"]), strict=strict)
     folder, _, domain = spec.partition("#")
     if not (Path(folder) / MANIFEST).is_file():
-        raise ConfigError(
-            f"data spec {spec!r}: expected DIR#domain (DIR holding {MANIFEST}), tigdog:ROOT, "
-            "synthetic:ROOT or coco:ANN.json[@IMAGEDIR]"
-        )
+        raise ConfigError(f"data spec {spec!r}: expected {SPEC_FORMS}")
     doc = read_manifest(folder)
     if domain not in doc["domains"]:
         raise ConfigError(f"data spec {spec!r}: domain {domain!r}, expected one of {sorted(doc['domains'])}")

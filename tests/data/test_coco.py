@@ -63,7 +63,8 @@ def test_identity_map_needs_matching_count(tmp_path, make_coco):
     kp = made["keypoints"][made["anns"][0]["id"]]
     np.testing.assert_array_equal(recs[0].keypoints[:, 2], (kp[:, 2] > 0).astype(np.float32))
     other = make_coco(tmp_path / "b")
-    with pytest.raises(ConfigError, match="pass a joint_map"):
+    with pytest.raises(ConfigError, match="20 keypoints per instance but 18 joints; its keypoint names fit the "
+                                          "built-in map 'animalpose': use --data animalpose:ANN.json"):
         coco.load_coco(other["ann"], other["images"], None)
     with pytest.raises(ConfigError, match="out of range"):
         coco.load_coco(other["ann"], other["images"], [(25, 0)])

@@ -108,8 +108,10 @@ def test_data_specs(bench):
     syn = manifest.parse_data_spec(f"synthetic:{root / 'synthetic_animal'}", animal="toyhorse", split="train")
     assert len(syn) == 5  # default 80 % when no manifest says otherwise
     ann = root / "other" / "annotations" / "val.json"
-    with pytest.raises(DataError, match="image not found"):  # images/ next to the json: absent
-        manifest.parse_data_spec(f"coco:{ann}", joint_map="animal_pose", strict=True)
+    # images/ beside the annotation folder (other/annotations/val.json -> other/images/), as documented
+    assert len(manifest.parse_data_spec(f"coco:{ann}", joint_map="animal_pose", strict=True)) == 1
+    with pytest.raises(DataError, match="image not found"):  # an @IMAGEDIR without the images
+        manifest.parse_data_spec(f"coco:{ann}@{root / 'other'}", joint_map="animal_pose", strict=True)
     assert len(manifest.parse_data_spec(f"coco:{ann}@{root / 'other' / 'images'}", joint_map="animal_pose")) == 1
     with pytest.raises(ConfigError, match="needs --animal"):
         manifest.parse_data_spec(f"tigdog:{root}")
