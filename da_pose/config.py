@@ -34,7 +34,6 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes
     cache: bool = True  # keep decoded crops in memory (small datasets)
     strict: bool = False  # a single unreadable sample is an error instead of a skip
-    target_labelled: int = 0  # WS-CDA: labelled target images used (0 = none)
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations on the selection split
     checkpoint_every: int = 1  # epochs between checkpoints (and always at the end)
     log_every: int = 20  # steps between metric logs
+    eval_batch_size: int = 32  # images per batch when evaluating (any split) and predicting
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,17 @@ class CCSSLConfig:
     flow_ratio: float = 0.9
     batch_size: int = 32  # pseudo-labelling batch (images; each with all transforms)
 
+    def check(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError(f"ccssl.batch_size must be positive, got {self.batch_size}")
+        for key in ("rounds", "num_transforms", "steps_per_round"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"ccssl.{key} must be >= 0, got {getattr(self, key)}")
+
+
+WSCDA_MODES = ("grl", "minmax")
+WSCDA_DISCRIMINATORS = ("mlp", "conv")  # da_pose.adapt.wscda.DISCRIMINATORS builds them
+
 
 @dataclass(frozen=True)
 class WSCDAConfig:
@@ -143,6 +154,26 @@ class WSCDAConfig:
     pplo_temporal: bool = False  # PPLO pseudo-labels with CC-SSL's optical-flow term
     steps_per_epoch: int = 0  # adversarial phase (train.epochs epochs); 0 = one pass over the labelled animals
     disc: str = "mlp"  # mlp | conv (da_pose.models.discriminator)
+    target_labelled: int = 0  # labelled target images mixed into the animal source (0 = none)
+
+    def check(self) -> None:
+        """Range checks of the wscda section; ConfigError naming the key."""
+        for key, valid in (("mode", WSCDA_MODES), ("disc", WSCDA_DISCRIMINATORS)):
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"wscda.{key}: unknown value '{getattr(self, key)}'; valid: {', '.join(valid)}")
+        for key in ("beta", "w1", "w2", "grl_max", "grl_warmup"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"wscda.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("disc_lr", "disc_hidden"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"wscda.{key} must be positive, got {getattr(self, key)}")
+        for key in ("pplo_rounds", "pplo_steps", "steps_per_epoch", "target_labelled"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"wscda.{key} must be >= 0, got {getattr(self, key)}")
+        if self.pplo_rounds and not self.pplo_keep:
+            raise ConfigError("wscda.pplo_keep is empty; expected one kept fraction per PPLO round, e.g. [0.3, 0.5, 0.7]")
+        if any(not 0 < f <= 1 for f in self.pplo_keep):
+            raise ConfigError(f"wscda.pplo_keep: fractions must be in (0, 1], got {list(self.pplo_keep)}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +182,7 @@ class Config:
 
     name: str = "run"  # MLflow run name and run-directory name
     experiment: str = "da_pose"  # MLflow experiment
-    method: str = "source_only"  # tag: source_only | oracle | ccssl | wscda | ...
+    method: str = "source_only"  # a baseline (BASELINES) or an adaptation method (da_pose.adapt.METHODS)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init: str = ""  # starting checkpoint (adapt / finetune)
@@ -165,6 +196,37 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ccssl: CCSSLConfig = field(default_factory=CCSSLConfig)
     wscda: WSCDAConfig = field(default_factory=WSCDAConfig)
+    # sections of methods registered outside this module (register_section): (name, section) pairs
+    sections: tuple = ()
+
+    def section(self, name: str):
+        """The config section ``name``: a built-in one (``ccssl``) or a registered one."""
+        if name in _BUILTIN_SECTIONS:
+            return getattr(self, name)
+        if name not in SECTIONS:
+            raise ConfigError(f"no config section '{name}'; known: {', '.join(sorted(_BUILTIN_SECTIONS + tuple(SECTIONS)))}")
+        return dict(self.sections).get(name) or SECTIONS[name]()
+
+
+# The method tags of runs that are not adaptation methods (pretrain / finetune jobs); every other
+# tag must name an entry of da_pose.adapt.METHODS, so a typo cannot start a new row in compare.
+BASELINES = ("source_only", "source_only_ext", "oracle", "ccssl_r")
+
+# Config sections of methods defined outside this module: name -> frozen dataclass. A method
+# module registers its own (da_pose.adapt.register does it for a method's section).
+SECTIONS: dict[str, type] = {}
+_BUILTIN_SECTIONS = ("data", "aug", "model", "codec", "train", "ccssl", "wscda")
+
+
+def register_section(name: str, cls: type) -> None:
+    """Let YAML files and ``--set`` carry a top-level section ``name`` read into ``cls``."""
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+        raise TypeError(f"section '{name}': expected a frozen dataclass, got {cls!r}")
+    if name in _BUILTIN_SECTIONS or name in {f.name for f in dataclasses.fields(Config)}:
+        if name in _BUILTIN_SECTIONS and getattr(Config(), name).__class__ is cls:
+            return
+        raise ValueError(f"config section '{name}' is a built-in key of Config")
+    SECTIONS[name] = cls
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +235,11 @@ class Config:
 
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    types_ = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    if cls is Config:
+        del types_["sections"]
+        types_.update(SECTIONS)
+    return types_
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -220,12 +286,19 @@ def _build(cls, values: dict, prefix: str = ""):
             f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(types_))}"
         )
     kwargs = {}
+    registered = []
     for name, value in values.items():
         tp = types_[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
+            built = _build(tp, value or {}, f"{prefix}{name}.")
+            if cls is Config and name in SECTIONS:
+                registered.append((name, built))
+            else:
+                kwargs[name] = built
         else:
             kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    if registered:
+        kwargs["sections"] = tuple(sorted(registered, key=lambda kv: kv[0]))
     return cls(**kwargs)
 
 
@@ -284,7 +357,7 @@ def validate(cfg: Config) -> Config:
         "model.depth": cfg.model.depth,
         "model.features": cfg.model.features,
         "codec.sigma": cfg.codec.sigma,
-        "ccssl.batch_size": cfg.ccssl.batch_size,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -295,9 +368,6 @@ def validate(cfg: Config) -> Config:
         "train.max_steps": cfg.train.max_steps,
         "train.weight_decay": cfg.train.weight_decay,
         "train.grad_clip": cfg.train.grad_clip,
-        "ccssl.rounds": cfg.ccssl.rounds,
-        "ccssl.num_transforms": cfg.ccssl.num_transforms,
-        "data.target_labelled": cfg.data.target_labelled,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -310,7 +380,6 @@ def validate(cfg: Config) -> Config:
     choices = {
         "codec.decode": (cfg.codec.decode, ("quarter", "dark", "argmax")),
         "train.optimizer": (cfg.train.optimizer, ("rmsprop", "adam", "sgd")),
-        "wscda.mode": (cfg.wscda.mode, ("grl", "minmax")),
         "ccssl.confidence": (cfg.ccssl.confidence, ("max", "agreement")),
     }
     # The backbone is checked here, before a job opens its run folder and MLflow run; the
@@ -325,6 +394,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.mean and data.std need 3 values (RGB)")
     if cfg.resume not in ("no", "auto") and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume: expected no, auto or an existing checkpoint file, got '{cfg.resume}'")
+    for name in _BUILTIN_SECTIONS + tuple(SECTIONS):
+        check = getattr(cfg.section(name), "check", None)
+        if callable(check):
+            check()
     return cfg
 
 
@@ -368,6 +441,9 @@ def to_dict(cfg) -> dict:
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
+        if isinstance(cfg, Config) and f.name == "sections":
+            out.update({name: to_dict(section) for name, section in v})
+            continue
         out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else conv(v)
     return out
 
@@ -394,7 +470,12 @@ def dump_yaml(cfg) -> str:
 def replace(cfg: Config, **sections) -> Config:
     """``replace(cfg, train={"lr": 1e-3})``: a copy with some section values changed."""
     changes = {}
+    registered = dict(cfg.sections)
     for name, values in sections.items():
+        if name in SECTIONS:
+            registered[name] = dataclasses.replace(cfg.section(name), **values)
+            changes["sections"] = tuple(sorted(registered.items()))
+            continue
         current = getattr(cfg, name)
         if dataclasses.is_dataclass(current):
             changes[name] = dataclasses.replace(current, **values)

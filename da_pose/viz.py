@@ -17,6 +17,7 @@ import numpy as np
 
 from da_pose.data import skeleton
 from da_pose.data.records import PoseRecord
+from da_pose.data.transforms import apply_affine, crop_affine
 from da_pose.errors import DataError
 
 # BGR
@@ -101,14 +102,6 @@ def image_grid(images: list, cols: int, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def crop_matrix(center: np.ndarray, side: float, size: int) -> np.ndarray:
-    """2x3 affine taking the square of ``side`` pixels centred at ``center`` onto ``size`` x
-    ``size`` (pixel-centre convention: the square's edges map to -0.5 and size - 0.5)."""
-    s = size / float(side)
-    cx, cy = float(center[0]), float(center[1])
-    return np.array([[s, 0.0, size / 2 - 0.5 - s * cx], [0.0, s, size / 2 - 0.5 - s * cy]])
-
-
 def _write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,10 +131,10 @@ def records_grid(
         if image is None:
             raise DataError(f"{rec.image_path}: image not found or unreadable")
         side = rec.side if rec.side > 0 else float(max(image.shape[:2]))
-        m = crop_matrix(rec.center, side, size)
+        m = crop_affine(rec.center, side, size)
         crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
         kp = np.asarray(rec.keypoints, dtype=np.float64).copy()
-        kp[:, :2] = kp[:, :2] @ m[:, :2].T + m[:, 2]
+        kp[:, :2] = apply_affine(m, kp[:, :2])
         tiles.append(draw_skeleton(crop, kp))
     return _write_png(path, image_grid(tiles, cols=math.ceil(math.sqrt(len(tiles)))))
 
@@ -176,3 +169,64 @@ def prediction_grid(
             tile = draw_skeleton(tile, gts[i], color=GT_COLOUR, radius=max(1, radius // 2), thickness=1)
         tiles.append(draw_skeleton(tile, preds[i], radius=radius, thickness=max(2, radius // 2)))
     return _write_png(path, image_grid(tiles, cols=cols))
+
+
+def draw_prediction_grid(records: Sequence[PoseRecord], coords: np.ndarray, indices: np.ndarray,
+                         path: str | os.PathLike, n: int = 12, size: int = 192) -> None:
+    """A sheet of up to ``n`` evenly spread predictions over their ground truth, each cropped
+    around its record. Coordinates at -1000 (hidden joints) fall outside the crop.
+
+    Shape:
+        coords: (N, K, 2) original pixels of ``records[indices[i]]``; indices: (N,)
+    """
+    if len(indices) == 0:
+        return
+    pick = np.linspace(0, len(indices) - 1, min(n, len(indices))).astype(int)
+    crops, pk, gk = [], [], []
+    for row in pick:
+        rec = records[int(indices[row])]
+        img = cv2.imread(str(rec.image_path), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        affine = crop_affine(rec.center, rec.side, size)
+        crops.append(cv2.warpAffine(img, affine, (size, size), flags=cv2.INTER_LINEAR))
+        pts = np.concatenate([coords[row], np.ones((coords.shape[1], 1), np.float32)], axis=1)
+        pts[:, :2] = apply_affine(affine, pts[:, :2])
+        gt = rec.keypoints.copy()
+        gt[:, :2] = apply_affine(affine, gt[:, :2])
+        pk.append(pts)
+        gk.append(gt)
+    if crops:
+        prediction_grid(crops, np.stack(pk), np.stack(gk), path, cols=4)
+
+
+def confidence_histogram(confidence: np.ndarray, kept: np.ndarray, path: str | os.PathLike, title: str) -> None:
+    """Histogram of pseudo-label confidences, kept and rejected joints in two colours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bins = np.linspace(0, max(1.0, float(confidence.max(initial=0))), 41)
+    ax.hist(confidence[kept], bins=bins, alpha=0.7, label="kept", color="tab:green")
+    ax.hist(confidence[~kept], bins=bins, alpha=0.7, label="rejected", color="tab:red")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("joints")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def pseudo_label_grid(records: Sequence[PoseRecord], keypoints: np.ndarray, kept: np.ndarray,
+                      path: str | os.PathLike, n: int = 8) -> None:
+    """Kept pseudo-labels in the prediction colours over the ground truth; rejected joints hidden.
+
+    Shape:
+        keypoints: (N, K, 2) original pixels, one row per record; kept: (N, K) bool
+    """
+    pick = np.linspace(0, len(records) - 1, min(n, len(records))).astype(int)
+    shown = np.where(kept[pick, :, None], keypoints[pick], -1000.0)
+    draw_prediction_grid(records, shown, pick, path, n=n)

@@ -23,6 +23,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from da_pose.adapt import METHODS as ADAPTATION_METHODS
+from da_pose.config import BASELINES
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "experiments/toy"
 
@@ -57,23 +60,14 @@ def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass
             # method: (job name, command, config, extra --set, depends on)
             "source_only": (pre, "pretrain", "pretrain_hg", scratch_sets, []),
             "oracle": (name("oracle"), "finetune", "oracle_hg", scratch_sets, []),
-            # control: source-only training continued for as many steps as CC-SSL adds (4 x 40)
-            "source_only_ext": (name("source_only_ext"), "pretrain", "pretrain_hg",
-                                ["method=source_only_ext", f"init={init}", "train.lr=0.0005",
-                                 "train.batch_size=12", "train.epochs=1000", "train.max_steps=160",
-                                 "train.lr_milestones=[]", "train.eval_every=1000"], [pre]),
-            "plain_pl": (name("plain_pl"), "adapt ccssl", "plain_pl_hg", [f"init={init}"], [pre]),
-            "ccssl": (ccssl, "adapt ccssl", "ccssl_hg", [f"init={init}"], [pre]),
-            "wscda": (name("wscda"), "adapt wscda", "wscda_hg", [f"init={init}"], [pre]),
-            "wscda_pplo": (name("wscda_pplo"), "adapt wscda", "wscda_pplo_hg", [f"init={init}"], [pre]),
+            # control: source-only training continued for as many steps as CC-SSL adds
+            "source_only_ext": (name("source_only_ext"), "pretrain", "source_only_ext_hg", [f"init={init}"], [pre]),
             # CC-SSL-R: the CC-SSL model fine-tuned on the labelled target (uses target labels)
-            "ccssl_r": (name("ccssl_r"), "finetune", "oracle_hg",
-                        ["method=ccssl_r", f"init={runs / experiment / ccssl / 'last.pt'}", "train.lr=0.0005",
-                         "train.epochs=8", "train.lr_milestones=[6]"], [ccssl]),
+            "ccssl_r": (name("ccssl_r"), "finetune", "ccssl_r_hg",
+                        [f"init={runs / experiment / ccssl / 'last.pt'}"], [ccssl]),
         }
-        for ablation in ("invariance", "equivariance", "temporal", "curriculum"):
-            table[f"ccssl_no_{ablation}"] = (name(f"ccssl_no_{ablation}"), "adapt ccssl",
-                                            f"ccssl_no_{ablation}_hg", [f"init={init}"], [pre])
+        for method in ADAPTATION:  # every registered method: adapt NAME experiments/toy/NAME_hg.yaml
+            table[method] = (name(method), f"adapt {method}", f"{method}_hg", [f"init={init}"], [pre])
         for method in methods:
             job_name, command, config, sets, after = table[method]
             argv = command.split() + [f"{TOY}/{config}.yaml", "--seed", str(s)]
@@ -85,9 +79,10 @@ def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass
     return [job for _, _, job in sorted(jobs, key=lambda t: t[:2])]
 
 
-# in the order they are run
-METHODS = ("source_only", "oracle", "ccssl", "wscda", "wscda_pplo", "plain_pl", "source_only_ext", "ccssl_r",
-           "ccssl_no_invariance", "ccssl_no_equivariance", "ccssl_no_temporal", "ccssl_no_curriculum")
+# in the order they are run: the main rows first, then every other registered method
+ADAPTATION = tuple(m for m in ADAPTATION_METHODS if (ROOT / TOY / f"{m}_hg.yaml").is_file())
+MAIN = ("source_only", "oracle", "ccssl", "wscda", "wscda_pplo", "plain_pl", "source_only_ext", "ccssl_r")
+METHODS = tuple(m for m in MAIN if m in ADAPTATION or m in BASELINES) + tuple(m for m in ADAPTATION if m not in MAIN)
 
 
 def finished_runs(experiment: str, tracking_uri: str) -> set[str]:

@@ -23,7 +23,7 @@ common=(--set "data.root=$DATA" --seed "$SEED" --resume auto)
 da-pose pretrain experiments/toy/pretrain_hg.yaml "${common[@]}"
 da-pose adapt ccssl experiments/toy/ccssl_hg.yaml "${common[@]}" --set "init=$RUNS/pretrain_hg/last.pt"
 da-pose adapt wscda experiments/toy/wscda_hg.yaml "${common[@]}" --set "init=$RUNS/pretrain_hg/last.pt"
-da-pose adapt wscda experiments/toy/wscda_pplo_hg.yaml "${common[@]}" --set "init=$RUNS/pretrain_hg/last.pt"
+da-pose adapt wscda_pplo experiments/toy/wscda_pplo_hg.yaml "${common[@]}" --set "init=$RUNS/pretrain_hg/last.pt"
 da-pose compare --experiment "$EXP"
 echo
 echo "demo finished in $(( $(date +%s) - start )) s. Look further with:"

@@ -3,7 +3,7 @@
     python scripts/update_readme_results.py --experiment toy-demo --block demo
     python scripts/update_readme_results.py --experiment toy-demo --block demo --check   # exit 1 if stale
 
-The block is exactly what ``da-pose compare`` prints (``da_pose.jobs.compare_markdown``), plus the
+The block is exactly what ``da-pose compare`` prints (``da_pose.eval.compare.compare_markdown``), plus the
 commands that reproduce it; numbers are never typed by hand.
 """
 
@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from da_pose.jobs import collect_runs, compare_markdown, summarize_runs
+from da_pose.eval.compare import collect_runs, compare_markdown, summarize_runs
 
 REPRODUCE = {
     "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "

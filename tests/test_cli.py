@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from da_pose import checkpoint, jobs
+from da_pose import checkpoint, jobs, run
 from da_pose.cli import main
 from da_pose.config import dump_yaml, load_config
 from da_pose.data import manifest, tigdog
@@ -276,7 +276,7 @@ def tiny_ckpt(tiny_benchmark, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp_path, "ev"))
     model = build_model(cfg.model, 18)
     path = tmp_path / "ev.pt"
-    checkpoint.save(path, {"model": model.state_dict(), "arch": jobs.arch_of(cfg), "config": dump_yaml(cfg)})
+    checkpoint.save(path, {"model": model.state_dict(), "arch": run.arch_of(cfg), "config": dump_yaml(cfg)})
     return path, cfg
 
 
@@ -320,7 +320,7 @@ class _Evil:
 
 def _other_joints(path, cfg):
     model = build_model(cfg.model, 17)
-    checkpoint.save(path, {"model": model.state_dict(), "arch": {**jobs.arch_of(cfg), "num_joints": 17},
+    checkpoint.save(path, {"model": model.state_dict(), "arch": {**run.arch_of(cfg), "num_joints": 17},
                            "config": dump_yaml(cfg)})
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from da_pose import jobs
+from da_pose.eval import compare as jobs
 from da_pose.data.skeleton import GROUPS, JOINTS
 from da_pose.tracking import MlflowTracker
 

@@ -10,6 +10,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from da_pose.adapt import run_adaptation
+from da_pose.adapt.ccssl import generate_pseudo_labels
+from da_pose.adapt.pseudo_labels import load_or_generate_labels
+from da_pose.data import loaders
+from da_pose.run import RunContext
+from da_pose.tracking import NullTracker
+from da_pose.train.dist import DistInfo
 from da_pose import checkpoint, jobs
 from da_pose.config import load_config
 from da_pose.errors import ConfigError, TrainingError
@@ -93,7 +100,7 @@ def test_ccssl_rounds_log_and_resume_from_cache(tiny_benchmark, tmp_path):
     over = tiny_overrides(tiny_benchmark, tmp_path, "cc") + [f"init={init}", "method=ccssl", "ccssl.steps_per_round=2",
                                                              "ccssl.num_transforms=2"]
     one = load_config(None, over + ["ccssl.rounds=1"])
-    jobs.run_ccssl(one)
+    run_adaptation(one, "ccssl")
     run_dir = Path(one.out_dir) / "tests" / "cc"
     # simulate a run killed after round 1's pseudo-labelling, before its training
     two = load_config(None, over + ["ccssl.rounds=2", "resume=auto"])
@@ -101,13 +108,13 @@ def test_ccssl_rounds_log_and_resume_from_cache(tiny_benchmark, tmp_path):
 
     model = build_model(two.model, 18)
     checkpoint.load_model_weights(model, checkpoint.load(run_dir / "last.pt"))
-    codec = jobs.make_codec(two)
-    ds = jobs.make_dataset(two, jobs.domain_records(two, "target", "train"), codec, train=False)
-    ctx = jobs.RunContext(two, run_dir, jobs.NullTracker(), torch.device("cpu"), jobs.dist.DistInfo())
-    labels, cached = jobs.load_or_generate_labels(ctx, model, codec, ds, ds.records, 1)
+    codec = loaders.make_codec(two)
+    ds = loaders.make_dataset(two, loaders.domain_records(two, "target", "train"), codec, train=False)
+    ctx = RunContext(two, run_dir, NullTracker(), torch.device("cpu"), DistInfo())
+    labels, cached = load_or_generate_labels(ctx, model, codec, ds, ds.records, 1, two.ccssl, generate_pseudo_labels)
     assert not cached
     stamp = (run_dir / "pseudo_labels" / "round_01.pt").stat().st_mtime_ns
-    jobs.run_ccssl(two)
+    run_adaptation(two, "ccssl")
     assert (run_dir / "pseudo_labels" / "round_01.pt").stat().st_mtime_ns == stamp
     client, runs = runs_by_name(two.tracking_uri)
     rid = runs["cc"].info.run_id

@@ -7,6 +7,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from da_pose import checkpoint, jobs
+from da_pose.adapt import run_adaptation
 from da_pose.config import load_config
 from da_pose.tracking import mlflow_key
 from tests.conftest import tiny_overrides
@@ -43,14 +44,14 @@ def run_of(uri, name):
 
 @pytest.mark.parametrize("mode", ["grl", "minmax"])
 def test_wscda_with_pplo_logs_discriminator_pplo_and_target_metrics(tiny_benchmark, tmp_path, store, pretrained, mode):
-    over = [f"wscda.mode={mode}", "wscda.pplo_rounds=1", "wscda.pplo_keep=[0.5]", "data.target_labelled=2"]
+    over = [f"wscda.mode={mode}", "wscda.pplo_rounds=1", "wscda.pplo_keep=[0.5]", "wscda.target_labelled=2"]
     cfg = load_config(None, wscda_overrides(tiny_benchmark, tmp_path, store, f"ws_{mode}", pretrained, *over))
-    metrics = jobs.run_wscda(cfg)
+    metrics = run_adaptation(cfg, "wscda_pplo")
     assert "target_test/pck@0.05_crop/mean" in metrics
     client, run = run_of(cfg.tracking_uri, f"ws_{mode}")
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags["method"] == "wscda_pplo" and tags["command"] == "adapt wscda"
+    assert tags["method"] == "wscda_pplo" and tags["command"] == "adapt wscda_pplo"
     assert tags["wscda_mode"] == mode and tags["target_labelled"] == "2"
     rid = run.info.run_id
     for key in ("train/disc/acc_y", "train/disc/acc_z", "train/loss/ddl", "train/loss/pose_animal",
@@ -76,12 +77,12 @@ def test_wscda_with_pplo_logs_discriminator_pplo_and_target_metrics(tiny_benchma
 def test_minmax_resume_continues_exactly(tiny_benchmark, tmp_path, store, pretrained):
     over = ["wscda.mode=minmax", "train.epochs=2"]
     full = load_config(None, wscda_overrides(tiny_benchmark, tmp_path, store, "full", pretrained, *over))
-    jobs.run_wscda(full)
+    run_adaptation(full, "wscda")
     half = load_config(None, wscda_overrides(tiny_benchmark, tmp_path, store, "half", pretrained, *over,
                                              "train.epochs=1"))
-    jobs.run_wscda(half)
-    jobs.run_wscda(load_config(None, wscda_overrides(tiny_benchmark, tmp_path, store, "half", pretrained, *over,
-                                                     "resume=auto")))
+    run_adaptation(half, "wscda")
+    run_adaptation(load_config(None, wscda_overrides(tiny_benchmark, tmp_path, store, "half", pretrained, *over,
+                                                     "resume=auto")), "wscda")
     a = checkpoint.load(Path(full.out_dir) / "tests" / "full" / "last.pt")
     b = checkpoint.load(Path(full.out_dir) / "tests" / "half" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 4

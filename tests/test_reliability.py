@@ -25,7 +25,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from da_pose import checkpoint, jobs
+from da_pose import checkpoint, jobs, run
+from da_pose.train.dist import DistInfo
 from da_pose.cli import main
 from da_pose.config import dump_yaml, load_config
 from da_pose.data import manifest
@@ -100,7 +101,7 @@ def init_checkpoint(root: Path, tmp_path: Path) -> Path:
     comparison does not depend on initialisation (seeded too: test_fresh_runs_with_one_seed_start_equal)."""
     cfg = load_config(None, tiny_overrides(root, tmp_path, "init"))
     path = tmp_path / "init.pt"
-    checkpoint.save(path, {"model": build_model(cfg.model, 18).state_dict(), "arch": jobs.arch_of(cfg),
+    checkpoint.save(path, {"model": build_model(cfg.model, 18).state_dict(), "arch": run.arch_of(cfg),
                            "config": dump_yaml(cfg)})
     return path
 
@@ -297,11 +298,11 @@ def test_unusable_out_dir_is_refused_before_the_mlflow_run(tiny_benchmark, tmp_p
 
 def test_fresh_runs_with_one_seed_start_equal(tiny_benchmark, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp_path, "seeded"))
-    ctx = jobs.RunContext(cfg, tmp_path / "run", jobs.NullTracker(), torch.device("cpu"), jobs.dist.DistInfo())
+    ctx = run.RunContext(cfg, tmp_path / "run", run.NullTracker(), torch.device("cpu"), DistInfo())
     weights = []
     for other_process_state in (1, 2):  # whatever the process did before the job
         torch.manual_seed(other_process_state)
-        model, _ = jobs.build(cfg, ctx)
+        model, _ = run.build(cfg, ctx)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 

@@ -23,10 +23,7 @@ together (one forward pass on a GPU; passes of one batch each on a CPU, where th
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -34,89 +31,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from da_pose import checkpoint
+from da_pose.adapt.pseudo_labels import (PseudoLabels, curriculum_mask, keep_fraction, label_accuracy,  # noqa: F401
+                                       state_hash, threshold_mask)
+from da_pose.adapt.method import AdaptJob, Method, register, variant
+from da_pose.adapt.pseudo_labels import pseudo_label_round
 from da_pose.config import CCSSLConfig
 from da_pose.data.records import PoseRecord
-from da_pose.data.transforms import heatmap_affine, invert_affine, random_appearance, random_geometric, warp_batch
-from da_pose.errors import CheckpointError
-from da_pose.eval.evaluate import apply_affines, invert_affines
-
-
-@dataclass
-class PseudoLabels:
-    """Pseudo-labels of one round, in original image pixels.
-
-    Shape:
-        keypoints: (N, K, 2) x, y; confidence: (N, K); kept: (N, K) bool; raw_keypoints and
-        raw_confidence: (N, K, 2) / (N, K) before temporal refinement; one row per target record.
-    """
-
-    keypoints: np.ndarray
-    confidence: np.ndarray
-    kept: np.ndarray
-    raw_keypoints: np.ndarray
-    raw_confidence: np.ndarray
-    meta: dict = field(default_factory=dict)
-
-    def as_labels(self) -> np.ndarray:
-        """(N, K, 3) x, y, visible=kept: the training labels (rejected joints get weight 0)."""
-        return np.concatenate([self.keypoints, self.kept[..., None].astype(np.float32)], axis=-1).astype(np.float32)
-
-    def save(self, path: str | Path) -> Path:
-        """Atomic write (loaded back with weights_only=True)."""
-        state = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
-                 for name in ("keypoints", "confidence", "kept", "raw_keypoints", "raw_confidence")}
-        state["meta"] = dict(self.meta)
-        return checkpoint.save(path, state)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PseudoLabels":
-        state = checkpoint.load(path)
-        try:
-            arrays = {k: state[k].numpy() for k in ("keypoints", "confidence", "kept", "raw_keypoints", "raw_confidence")}
-        except (KeyError, AttributeError):
-            raise CheckpointError(f"{path}: not a pseudo-label file") from None
-        return cls(**arrays, meta=dict(state.get("meta", {})))
-
-
-def state_hash(model: torch.nn.Module) -> str:
-    """A short hash of the model weights: pseudo-labels are valid for these weights only."""
-    h = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def keep_fraction(cfg: CCSSLConfig, round_index: int) -> float:
-    """The round's kept fraction from ``keep_schedule`` (its last value repeats)."""
-    sched = cfg.keep_schedule
-    return float(sched[min(round_index, len(sched) - 1)]) if sched else 1.0
-
-
-def curriculum_mask(confidence: np.ndarray, fraction: float, valid: np.ndarray | None = None) -> np.ndarray:
-    """Keep the ``fraction`` most confident labels, pooled over all images and joints.
-
-    The published rule sorts all confidences and keeps those above the value at position
-    ``(1 - fraction) * N``. Ties at the threshold are kept.
-
-    Shape:
-        confidence: (N, K) -> (N, K) bool
-    """
-    valid = np.ones_like(confidence, dtype=bool) if valid is None else valid
-    values = confidence[valid]
-    if values.size == 0 or fraction <= 0:
-        return np.zeros_like(confidence, dtype=bool)
-    if fraction >= 1:
-        return valid.copy()
-    n_keep = max(1, int(round(fraction * values.size)))
-    threshold = np.partition(values, values.size - n_keep)[values.size - n_keep]
-    return valid & (confidence >= threshold)
-
-
-def threshold_mask(confidence: np.ndarray, threshold: float) -> np.ndarray:
-    """Ablation without curriculum: a fixed confidence threshold."""
-    return confidence > threshold
+from da_pose.data.transforms import (apply_affine, heatmap_affine, invert_affine, random_appearance, random_geometric,
+                                     warp_batch)
 
 
 @torch.no_grad()
@@ -209,8 +131,8 @@ def generate_raw(model, dataset, codec, cfg: CCSSLConfig, device: torch.device, 
         images = batch["image"].to(device, non_blocking=True)
         views, _ = predict_views(model, images, codec, cfg, mean, std, gen)
         xy, conf = aggregate(views, codec, cfg.confidence)
-        back = invert_affines(batch["affine"].to(device, torch.float64))
-        xy = apply_affines(back, xy.double())
+        back = invert_affine(batch["affine"].to(device, torch.float64))
+        xy = apply_affine(back, xy.double())
         out_idx.append(batch["index"].numpy())
         out_xy.append(xy.float().cpu().numpy())
         out_conf.append(conf.float().cpu().numpy())
@@ -322,18 +244,26 @@ def generate_pseudo_labels(model, dataset, records: Sequence[PoseRecord], codec,
     return PseudoLabels(kp.astype(np.float32), cf.astype(np.float32), kept, raw_xy, raw_conf, meta)
 
 
-def label_accuracy(labels: PseudoLabels, records: Sequence[PoseRecord], thr: float = 0.05) -> dict[str, float]:
-    """Diagnostic only (never used for selection): PCK of the pseudo-labels against the target
-    train ground truth, for kept, rejected and all visible joints (crop normaliser, percent)."""
-    gt = np.stack([r.keypoints for r in records])  # N, K, 3
-    sides = np.array([r.side for r in records], dtype=np.float64)
-    visible = gt[..., 2] > 0
-    dist = np.linalg.norm(labels.keypoints - gt[..., :2], axis=-1) / sides[:, None]
-    correct = dist < thr
-    out = {}
-    for name, mask in (("kept", labels.kept & visible), ("rejected", ~labels.kept & visible), ("all", visible)):
-        out[f"pseudo/acc_{name}"] = float(100.0 * correct[mask].mean()) if mask.any() else float("nan")
-        out[f"pseudo/count_{name}"] = float(mask.sum())
-    raw_dist = np.linalg.norm(labels.raw_keypoints - gt[..., :2], axis=-1) / sides[:, None]
-    out["pseudo/acc_before_temporal"] = float(100.0 * (raw_dist < thr)[visible].mean()) if visible.any() else float("nan")
-    return out
+# ---------------------------------------------------------------------------------- the methods
+def _round_epochs(job: AdaptJob, r: int) -> int:
+    c = job.section
+    return 1 if c.steps_per_round else max(1, c.epochs_per_round)
+
+
+def _plan_round(job: AdaptJob, r: int):
+    """Pseudo-label the target train split with the current model, then train on source + kept labels."""
+    c = job.section
+    target = job.data["target_eval"]
+    steps = job.steps_per_epoch(len(target), c.steps_per_round)
+    return pseudo_label_round(job, r, c, generate_pseudo_labels, job.data["source"], target, job.data["target"],
+                              steps, "ccssl", "round")
+
+
+CCSSL = register(Method(
+    "ccssl", "CC-SSL rounds (invariance, equivariance, temporal consistency, curriculum)", section="ccssl",
+    config=CCSSLConfig, needs=("source", "target"), rounds=lambda c: c.rounds, round_epochs=_round_epochs,
+    plan_round=_plan_round))
+register(variant(CCSSL, "plain_pl", "plain pseudo-label rounds (curriculum only)",
+                 fixed={"invariance": False, "equivariance": False, "temporal": False}))
+for _term in ("invariance", "equivariance", "temporal", "curriculum"):
+    register(variant(CCSSL, f"ccssl_no_{_term}", f"CC-SSL rounds without {_term}", fixed={_term: False}))

@@ -31,9 +31,11 @@ Two ways to optimise the min-max (``wscda.mode``):
   * p)) - 1)`` (p = progress 0..1), alpha = -1 is the published sign, reached smoothly: early,
   the discriminator's noisy gradient does not disturb the pretrained extractor. alpha = 0 trains
   the discriminator without any adversarial pressure (an ablation).
-- ``minmax``: the published alternating optimisation. The discriminator takes one step on
-  L_DDL of the *detached* features with its own optimizer (Adam, ``disc_lr``), then the extractor
-  is trained on ``beta * L_pose + alpha * L_DDL`` with the (just updated) discriminator held fixed.
+- ``minmax``: the published alternating optimisation. The extractor is trained on ``beta *
+  L_pose + alpha * L_DDL`` with the discriminator held fixed, then (a trainer callback, outside
+  autocast) the discriminator takes one step on L_DDL of the same batch's *detached* features
+  with its own optimizer (Adam, ``disc_lr``). The published code updates the discriminator
+  first; here it learns from the batch right after the extractor did (a deviation of one step).
   Note that maximising a cross-entropy is unbounded below in loss value (the gradients stay
   bounded: |sigmoid - label| <= 1); the GRL mode with warm-up is the gentler choice.
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -53,15 +56,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
-from da_pose.config import CCSSLConfig, WSCDAConfig
+from da_pose.adapt.ccssl import generate_pseudo_labels
+from da_pose.adapt.method import AdaptJob, Method, RoundPlan, register, variant
+from da_pose.adapt.pseudo_labels import pseudo_label_round
+from da_pose.config import WSCDA_MODES, CCSSLConfig, WSCDAConfig
 from da_pose.errors import ConfigError
 from da_pose.models.discriminator import ConvDomainDiscriminator, DomainDiscriminator
+from da_pose.models.factory import feature_channels
 from da_pose.models.layers import grad_reverse
+from da_pose.train.losses import joints_mse
+from da_pose.train.trainer import Callback, epoch_seed
 
-MODES = ("grl", "minmax")
+MODES = WSCDA_MODES
 
+# the names are the config's WSCDA_DISCRIMINATORS (checked there, once)
 DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {
     "mlp": DomainDiscriminator,
     "conv": ConvDomainDiscriminator,
@@ -261,8 +271,6 @@ class DomainAdversary(nn.Module):
 
 def build_adversary(cfg: WSCDAConfig, feature_channels: int, total_steps: int) -> DomainAdversary:
     """The discriminator named by ``cfg.disc`` with two heads (y, z) inside a DomainAdversary."""
-    if cfg.disc not in DISCRIMINATORS:
-        raise ConfigError(f"wscda.disc: unknown discriminator '{cfg.disc}'; valid: {', '.join(DISCRIMINATORS)}")
     disc = DISCRIMINATORS[cfg.disc](feature_channels, hidden=cfg.disc_hidden, num_domains=2)
     return DomainAdversary(disc, cfg.mode, total_steps, alpha=cfg.alpha, grl_max=cfg.grl_max,
                            grl_warmup=cfg.grl_warmup, disc_lr=cfg.disc_lr)
@@ -315,37 +323,156 @@ def labelled_subset(n: int, count: int, seed: int) -> np.ndarray:
         ConfigError: more labelled images asked for than the target train split has.
     """
     if count < 0 or count > n:
-        raise ConfigError(f"data.target_labelled={count}: expected 0..{n} (the target train split has {n} images)")
+        raise ConfigError(f"wscda.target_labelled={count}: expected 0..{n} (the target train split has {n} images)")
     perm = np.random.default_rng(int(seed) + 7_777).permutation(n)
     return np.sort(perm[:count])
 
 
-# ---------------------------------------------------------------------------------- config
-def check_config(cfg: WSCDAConfig) -> WSCDAConfig:
-    """Range checks of the wscda section; ConfigError naming the key."""
-    if cfg.mode not in MODES:
-        raise ConfigError(f"wscda.mode: unknown value '{cfg.mode}'; valid: {', '.join(MODES)}")
-    if cfg.disc not in DISCRIMINATORS:
-        raise ConfigError(f"wscda.disc: unknown discriminator '{cfg.disc}'; valid: {', '.join(DISCRIMINATORS)}")
-    for key in ("beta", "w1", "w2", "grl_max", "grl_warmup"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"wscda.{key} must be >= 0, got {getattr(cfg, key)}")
-    for key in ("disc_lr", "disc_hidden"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"wscda.{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("pplo_rounds", "pplo_steps", "steps_per_epoch"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"wscda.{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.pplo_rounds and not cfg.pplo_keep:
-        raise ConfigError("wscda.pplo_keep is empty; expected one kept fraction per PPLO round, e.g. [0.3, 0.5, 0.7]")
-    if any(not 0 < f <= 1 for f in cfg.pplo_keep):
-        raise ConfigError(f"wscda.pplo_keep: fractions must be in (0, 1], got {list(cfg.pplo_keep)}")
-    return cfg
-
-
+# ---------------------------------------------------------------------------------- PPLO
 def pplo_ccssl_config(ccssl: CCSSLConfig, cfg: WSCDAConfig) -> CCSSLConfig:
     """CC-SSL's pseudo-labelling settings for PPLO: the ``ccssl`` section's transforms, confidence
     and batch size, with the curriculum on, ``keep_schedule = pplo_keep`` (rising kept share per
     round) and the temporal term only when ``pplo_temporal``."""
     return dataclasses.replace(ccssl, rounds=cfg.pplo_rounds, keep_schedule=tuple(cfg.pplo_keep), curriculum=True,
                                temporal=cfg.pplo_temporal)
+
+
+# ---------------------------------------------------------------------------------- the step
+def wscda_step(model, batch: dict, adversary: DomainAdversary, cfg: WSCDAConfig) -> dict[str, Tensor]:
+    """WS-CDA training step (Cao et al. ICCV 2019, Eq. 1-3), pure: no optimizer step inside.
+
+    ``batch`` holds three batches: ``other`` (the other body plan; only its mapped joints have
+    weight), ``animal`` (source, plus any labelled target images) and ``target`` (unlabelled
+    target: never in the pose loss). Each item carries ``domain`` = [y, z]. All images go through
+    the model in one forward pass (one BatchNorm statistic, as the pseudo-label step); the
+    discriminator reads ``PoseOutput.features``.
+
+    ``grl``: ``loss = beta * L_pose + L_DDL`` through a gradient reversal layer of coefficient
+    ``adversary.lam()``. ``minmax``: ``loss = beta * L_pose + alpha * L_DDL`` with the
+    discriminator fixed; its own step follows in :class:`AdversaryCallback` (from ``_features``).
+
+    Shape:
+        batch[part]["image"]: (B_part, 3, S, S); ["target"]: (B_part, K, h, w);
+        ["target_weight"]: (B_part, K); ["domain"]: (B_part, 2)
+    """
+    parts = [batch["other"], batch["animal"], batch["target"]]
+    n_lab = parts[0]["image"].size(0) + parts[1]["image"].size(0)  # labelled samples first
+    out = model(torch.cat([p["image"] for p in parts]))
+    heatmaps = [h[:n_lab] for h in out.heatmaps]  # B_lab, K, h, w per stack
+    target = torch.cat([parts[0]["target"], parts[1]["target"]])
+    weight = torch.cat([parts[0]["target_weight"], parts[1]["target_weight"]])
+    domain = torch.cat([p["domain"] for p in parts]).float()  # B, 2
+    y, z = domain[:, 0], domain[:, 1]
+    pose = pose_loss(joints_mse(heatmaps, target, weight, reduction="none"), y[:n_lab], cfg.w2)
+    features = out.features  # B, C, h', w'
+    logged: dict[str, Tensor] = {}
+    if cfg.mode == "grl":
+        logits = adversary.reversed_logits(features)
+        ddl = ddl_loss(logits, y, z, cfg.w1, cfg.balance_y)
+        loss = cfg.beta * pose["pose"] + ddl["ddl"]
+        logged["grl/lambda"] = torch.tensor(adversary.lam())
+    else:
+        with torch.no_grad():
+            logits = adversary(features.detach())
+            ddl = ddl_loss(logits, y, z, cfg.w1, cfg.balance_y)
+        adversarial = ddl_loss(adversary.fixed_logits(features), y, z, cfg.w1, cfg.balance_y)
+        loss = cfg.beta * pose["pose"] + cfg.alpha * adversarial["ddl"]
+        logged["loss/ddl_extractor"] = adversarial["ddl"].detach()
+        logged.update({"_features": features.detach(), "_y": y, "_z": z})
+    acc = domain_accuracy(logits, y, z)
+    logged.update({
+        "loss": loss,
+        "loss/pose": pose["pose"].detach(),
+        "loss/pose_animal": pose["pose_animal"].detach(),
+        "loss/pose_other": pose["pose_other"].detach(),
+        "loss/ddl": ddl["ddl"].detach(),
+        "loss/ddl_y": ddl["ddl_y"].detach(),
+        "loss/ddl_z": ddl["ddl_z"].detach(),
+        "disc/acc_y": acc["acc_y"],
+        "disc/acc_z": acc["acc_z"],
+    })
+    return logged
+
+
+class AdversaryCallback(Callback):
+    """After every step, outside autocast: ``minmax``'s discriminator step on the step's detached
+    features, then the warm-up schedule's clock (``grl``'s coefficient) advances."""
+
+    def __init__(self, adversary: DomainAdversary, cfg: WSCDAConfig):
+        self.adversary = adversary
+        self.cfg = cfg
+
+    def on_step_end(self, trainer, batch, out):
+        if self.cfg.mode == "minmax":
+            self.adversary.update(out["_features"].float(), out["_y"], out["_z"], self.cfg.w1, self.cfg.balance_y)
+        self.adversary.advance()
+        return None
+
+
+# ---------------------------------------------------------------------------------- the methods
+def _setup(job: AdaptJob) -> None:
+    """The three sources of Cao et al. Sec. 3.1, each item tagged with its domain [y, z], and
+    the discriminator (its initial weights depend on the seed only)."""
+    cfg, w = job.cfg, job.section
+    target_records = job.data["target_eval"].records  # readable frames only
+    pick = labelled_subset(len(target_records), w.target_labelled, cfg.seed)
+    animal_parts = [DomainTagged(job.data["source"], 1, 0)]
+    target_train = job.data["target"]
+    if pick.size:
+        labelled = [target_records[i] for i in pick]
+        animal_parts.append(DomainTagged(job.dataset(labelled, train=True), 1, 1))
+        unlabelled = [target_records[i] for i in np.setdiff1d(np.arange(len(target_records)), pick)]
+        target_train = job.hidden_labels(job.dataset(unlabelled, train=True))
+        job.data["target_eval"] = job.dataset(unlabelled, train=False)  # PPLO labels these
+        job.data["target"] = target_train
+    job.data["animal"] = ConcatDataset(animal_parts)
+    job.state["sources"] = {"other": DomainTagged(job.data["other"], 0, 0), "animal": job.data["animal"],
+                            "target": DomainTagged(target_train, 1, 1)}
+    job.state["labelled"] = int(pick.size)
+    job.check_batchable(job.state["sources"])
+    steps = job.steps_per_epoch(len(job.data["animal"]), w.steps_per_epoch)
+    job.state["steps"] = steps
+    epochs = cfg.train.epochs
+    total = epochs * steps if not cfg.train.max_steps else min(epochs * steps, cfg.train.max_steps)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(epoch_seed(cfg.seed, 424_242))
+        job.modules["domain_adversary"] = build_adversary(w, feature_channels(cfg.model), total)
+
+
+def _on_build(job: AdaptJob) -> None:
+    if job.ctx.dist.enabled:  # the trainer wraps only the pose model in DDP
+        average_gradients_over_ranks(job.modules["domain_adversary"].disc)
+
+
+def _round_epochs(job: AdaptJob, r: int) -> int:
+    return job.cfg.train.epochs if r == 0 else 1
+
+
+def _plan_round(job: AdaptJob, r: int) -> RoundPlan:
+    """Round 0: the adversarial phase; round r > 0: PPLO round r - 1 (CC-SSL's pseudo-labeller
+    with the rising ``pplo_keep`` share), on the labelled animals and the unlabelled target."""
+    w, adversary = job.section, job.modules["domain_adversary"]
+    if r == 0:
+        return RoundPlan(partial(wscda_step, adversary=adversary, cfg=w), job.mixed(job.state["sources"], job.state["steps"]),
+                         desc=f"WS-CDA ({w.mode})", callbacks=(AdversaryCallback(adversary, w),))
+    label_ds = job.data["target_eval"]
+    steps = job.steps_per_epoch(len(label_ds), w.pplo_steps)
+    return pseudo_label_round(job, r - 1, pplo_ccssl_config(job.cfg.ccssl, w), generate_pseudo_labels,
+                              job.data["animal"], label_ds, job.data["target"], steps, "pplo", "PPLO round")
+
+
+def _tags(job: AdaptJob) -> dict:
+    return {"wscda_mode": job.section.mode, "target_labelled": str(job.state["labelled"])}
+
+
+def _check_pplo(cfg) -> None:
+    if not cfg.wscda.pplo_rounds:
+        raise ConfigError("wscda_pplo needs wscda.pplo_rounds > 0 (run the adversarial phase alone with adapt wscda)")
+
+
+WSCDA = register(Method(
+    "wscda", "WS-CDA (domain discriminators, adversarial training)", section="wscda", config=WSCDAConfig,
+    needs=("source", "target", "other"), rounds=lambda w: 1 + w.pplo_rounds, round_epochs=_round_epochs,
+    setup=_setup, on_build=_on_build, plan_round=_plan_round, tags=_tags, fixed={"pplo_rounds": 0}))
+register(variant(WSCDA, "wscda_pplo", "WS-CDA then PPLO rounds (progressive pseudo-labels)", fixed={},
+                 check=_check_pplo))

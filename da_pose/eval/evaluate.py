@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from da_pose.data.records import PoseRecord
+from da_pose.data.transforms import apply_affine, invert_affine
 from da_pose.eval.pck import bbox_normalizer, crop_normalizer, pck_summary
 
 
@@ -24,29 +25,22 @@ class Predictions:
 
     Shape:
         coords: (N, K, 2) x, y in original image pixels; conf: (N, K) heatmap maxima;
-        indices: (N,) dataset indices the rows belong to.
+        indices: (N,) dataset indices the rows belong to;
+        legacy_pred, legacy_gt: (N, K, 2) the published integer peaks (``pck.legacy_peaks``) of
+        the predicted maps and of the batches' target maps, for the legacy PCK (None when the
+        batches carry no targets); heatmap_size: the maps' width.
     """
 
     coords: np.ndarray
     conf: np.ndarray
     indices: np.ndarray
+    legacy_pred: np.ndarray | None = None
+    legacy_gt: np.ndarray | None = None
+    heatmap_size: int = 0
 
     def keypoints(self) -> np.ndarray:
         """(N, K, 3) x, y, confidence."""
         return np.concatenate([self.coords, self.conf[..., None]], axis=-1)
-
-
-def invert_affines(affine: torch.Tensor) -> torch.Tensor:
-    """Batched inverse of 2x3 affine matrices. Shape: (B, 2, 3) -> (B, 2, 3)."""
-    lin = affine[:, :, :2]  # B, 2, 2
-    inv = torch.linalg.inv(lin)
-    t = -inv @ affine[:, :, 2:]  # B, 2, 1
-    return torch.cat([inv, t], dim=2)
-
-
-def apply_affines(affine: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Apply per-sample affines to points. Shape: (B, 2, 3), (B, K, 2) -> (B, K, 2)."""
-    return pts @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
 
 
 def predict_heatmaps(model, images: torch.Tensor, codec, flip_test: bool = False) -> torch.Tensor:
@@ -61,19 +55,39 @@ def predict_heatmaps(model, images: torch.Tensor, codec, flip_test: bool = False
     return hm
 
 
+def heatmap_peaks(hm: torch.Tensor) -> np.ndarray:
+    """``pck.legacy_peaks`` on the device: 1-based integer argmax, (0, 0) where the max is <= 0.
+
+    Shape: hm (B, K, h, w) -> (B, K, 2) float64 x, y.
+    """
+    b, k, h, w = hm.shape
+    peak, idx = hm.reshape(b, k, h * w).max(dim=-1)  # first maximum on ties, like numpy
+    xy = torch.stack([idx % w + 1, idx // w + 1], dim=-1).double()
+    xy[~(peak > 0)] = 0.0
+    return xy.cpu().numpy()
+
+
 @torch.no_grad()
 def predict(model, loader: Iterable, codec, device: torch.device, flip_test: bool = False,
             progress: bool = True) -> Predictions:
-    """Run ``model`` over ``loader`` (PoseDataset batches) and decode in original image pixels."""
+    """Run ``model`` over ``loader`` (PoseDataset batches) and decode in original image pixels.
+
+    Also keeps the published integer peaks of the predicted and target maps (``legacy_pred``,
+    ``legacy_gt``) so that the legacy PCK can be computed without storing the maps.
+    """
     was_training = model.training
     model.eval()
     coords, conf, indices = [], [], []
+    peaks_pred, peaks_gt = [], []
     for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
         images = batch["image"].to(device, non_blocking=True)
         hm = predict_heatmaps(model, images, codec, flip_test)
+        if "target" in batch:
+            peaks_pred.append(heatmap_peaks(hm))
+            peaks_gt.append(heatmap_peaks(batch["target"].float()))
         xy, maxval = codec.decode(hm)  # B, K, 2 in input px; B, K
-        back = invert_affines(batch["affine"].to(xy.device, torch.float64))
-        xy = apply_affines(back, xy.double())
+        back = invert_affine(batch["affine"].to(xy.device, torch.float64))
+        xy = apply_affine(back, xy.double())
         coords.append(xy.float().cpu().numpy())
         conf.append(maxval.float().cpu().numpy())
         indices.append(batch["index"].cpu().numpy())
@@ -81,7 +95,13 @@ def predict(model, loader: Iterable, codec, device: torch.device, flip_test: boo
     if not coords:
         k = getattr(codec, "num_joints", 0)
         return Predictions(np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32), np.zeros(0, np.int64))
-    return Predictions(np.concatenate(coords), np.concatenate(conf), np.concatenate(indices).astype(np.int64))
+    legacy = len(peaks_pred) == len(coords)
+    return Predictions(
+        np.concatenate(coords), np.concatenate(conf), np.concatenate(indices).astype(np.int64),
+        legacy_pred=np.concatenate(peaks_pred) if legacy else None,
+        legacy_gt=np.concatenate(peaks_gt) if legacy else None,
+        heatmap_size=int(hm.shape[-1]),
+    )
 
 
 def ground_truth(records: Sequence[PoseRecord], indices: np.ndarray | None = None):

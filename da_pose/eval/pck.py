@@ -227,6 +227,37 @@ def _legacy_argmax(heatmaps: np.ndarray) -> np.ndarray:
     return xy
 
 
+def legacy_peaks(heatmaps) -> np.ndarray:
+    """The published integer argmax of each map (1-based; (0, 0) for a map whose maximum is <= 0).
+
+    What the legacy PCK needs of a heatmap; an evaluation over many samples keeps these (N, K, 2)
+    peaks per batch instead of the maps.
+
+    Shape:
+        heatmaps: (N, K, h, w) -> (N, K, 2) float64 x, y.
+    """
+    heatmaps = np.asarray(heatmaps)
+    if heatmaps.ndim != 4:
+        raise ValueError(f"legacy_peaks: expected heatmaps of shape (N, K, h, w), got {heatmaps.shape}")
+    return _legacy_argmax(heatmaps)
+
+
+def _legacy_hits_from_peaks(pred_xy, gt_xy, side: int, thr: float):
+    pred_xy = np.asarray(pred_xy, dtype=np.float64)
+    gt_xy = np.asarray(gt_xy, dtype=np.float64)
+    if pred_xy.ndim != 3 or pred_xy.shape[-1] != 2 or pred_xy.shape != gt_xy.shape:
+        raise ValueError(
+            "legacy_pck: expected pred and gt peaks of the same shape (N, K, 2), got "
+            f"{pred_xy.shape} and {gt_xy.shape}"
+        )
+    # Skipped: 1-based gt coordinate <= 1 on either axis, i.e. an empty target map (0, 0) or a
+    # peak in the first row or first column. Visibility is not looked at.
+    valid = (gt_xy[..., 0] > 1) & (gt_xy[..., 1] > 1)  # N, K
+    dist = np.sqrt(((pred_xy - gt_xy) ** 2).sum(axis=-1))  # N, K in heatmap px
+    hits = (dist < thr * side) & valid  # N, K
+    return hits, valid
+
+
 def _legacy_hits(pred_heatmaps, gt_heatmaps, thr: float):
     pred_heatmaps = np.asarray(pred_heatmaps)
     gt_heatmaps = np.asarray(gt_heatmaps)
@@ -235,15 +266,8 @@ def _legacy_hits(pred_heatmaps, gt_heatmaps, thr: float):
             "legacy_pck: expected pred and gt heatmaps of the same shape (N, K, h, w), got "
             f"{pred_heatmaps.shape} and {gt_heatmaps.shape}"
         )
-    pred_xy = _legacy_argmax(pred_heatmaps)  # N, K, 2
-    gt_xy = _legacy_argmax(gt_heatmaps)  # N, K, 2
-    # Skipped: 1-based gt coordinate <= 1 on either axis, i.e. an empty target map (0, 0) or a
-    # peak in the first row or first column. Visibility is not looked at.
-    valid = (gt_xy[..., 0] > 1) & (gt_xy[..., 1] > 1)  # N, K
     side = pred_heatmaps.shape[-1]  # the published code normalises by the map width
-    dist = np.sqrt(((pred_xy - gt_xy) ** 2).sum(axis=-1))  # N, K in heatmap px
-    hits = (dist < thr * side) & valid  # N, K
-    return hits, valid
+    return _legacy_hits_from_peaks(_legacy_argmax(pred_heatmaps), _legacy_argmax(gt_heatmaps), side, thr)
 
 
 def _legacy_batches(hits, valid, batch_size: int):
@@ -306,25 +330,46 @@ def legacy_summary(
       already averages of ratios, so there is no count to pool).
     * ``<prefix>/mean``: mean of the per-joint values over joints ever counted.
     * ``<prefix>/batch_mean``: the published code's headline figure: per batch, the mean over
-      joints of that batch's ratios; then the mean over batches weighted by batch size. It differs
-      from ``mean`` (the published horse table lists joints averaging 71.08 under a headline 70.77).
+      joints of that batch's ratios; then the mean over batches weighted by batch size. A batch
+      with no counted joint at all scores 0 and still weighs its batch size, as in the published
+      code (which averages 0 for such a batch). It differs from ``mean`` (the published horse
+      table lists joints averaging 71.08 under a headline 70.77).
 
     Shape:
         pred_heatmaps, gt_heatmaps: (N, K, h, w).
     """
     hits, valid = _legacy_hits(pred_heatmaps, gt_heatmaps, thr)
+    return _legacy_summary(hits, valid, thr, batch_size, joints, groups)
+
+
+def legacy_summary_from_peaks(
+    pred_peaks,
+    gt_peaks,
+    heatmap_size: int,
+    thr: float = 0.05,
+    batch_size: int = 6,
+    joints: Sequence[str] = skeleton.JOINTS,
+    groups: Mapping[str, Sequence[int]] = skeleton.GROUPS,
+) -> dict[str, float]:
+    """:func:`legacy_summary` from the maps' :func:`legacy_peaks` (``heatmap_size`` = map width).
+
+    Shape:
+        pred_peaks, gt_peaks: (N, K, 2) 1-based integer peaks.
+    """
+    hits, valid = _legacy_hits_from_peaks(pred_peaks, gt_peaks, int(heatmap_size), thr)
+    return _legacy_summary(hits, valid, thr, batch_size, joints, groups)
+
+
+def _legacy_summary(hits, valid, thr, batch_size, joints, groups) -> dict[str, float]:
     _check_names(hits.shape[1], joints, groups)
     ratios, sizes = _legacy_batches(hits, valid, int(batch_size))  # B, K and B
     counted = ~np.isnan(ratios)  # B, K
     zeroed = np.where(counted, ratios, 0.0)
     per_joint = _ratio(zeroed.sum(axis=0), counted.sum(axis=0)) * 100.0  # K
     per_batch = _ratio(zeroed.sum(axis=1), counted.sum(axis=1))  # B
-    has = ~np.isnan(per_batch)
-    batch_mean = (
-        float((per_batch[has] * sizes[has]).sum() / sizes[has].sum() * 100.0)
-        if has.any()
-        else math.nan
-    )
+    # published: a batch without any counted joint averages to 0 and keeps its weight
+    per_batch = np.where(np.isnan(per_batch), 0.0, per_batch)
+    batch_mean = float((per_batch * sizes).sum() / sizes.sum() * 100.0) if sizes.sum() > 0 else math.nan
 
     prefix = metric_prefix(thr, LEGACY)
     out = {f"{prefix}/{name}": float(v) for name, v in zip(joints, per_joint)}
@@ -482,3 +527,11 @@ def oks_ap(
         key: (float(v) if v >= 0 else math.nan)
         for key, v in zip(OKS_STAT_NAMES, evaluator.stats)
     }
+
+
+def joint_hits(pred, gt, visible, norm, thr: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Per-instance, per-joint correctness: boolean (N, K) ``hits`` (correct within
+    ``thr * norm``) and ``counted`` (visible, with a usable normaliser); the arrays behind every
+    PCK figure, for diagnostics that need them per joint (pseudo-label accuracy, say).
+    """
+    return _hits_and_valid(pred, gt, visible, norm, thr)

@@ -88,6 +88,36 @@ def metrics_table(
     return [kind] + names, rows
 
 
+def pck_table(metrics: Mapping[str, float], prefix: str, kind: str = "group") -> tuple[list[str], list[list]]:
+    """One run's table: rows of (joint or group, PCK@0.05 crop, PCK@0.05 bbox) from the metrics
+    ``{prefix}pck@0.05_<norm>/<name>``; the group table ends with ``mean``."""
+    names = _row_names(kind, skeleton.JOINTS, skeleton.GROUPS) + (["mean"] if kind == "group" else [])
+    headers = [kind, "PCK@0.05 crop", "PCK@0.05 bbox"]
+    rows = [[n] + [_value(metrics, f"{prefix}pck@0.05_{norm}/{n}") for norm in ("crop", "bbox")] for n in names]
+    return headers, rows
+
+
+def write_pck_tables(metrics: Mapping[str, float], out, prefix: str, title: str) -> str:
+    """``per_joint`` and ``per_group`` tables (markdown and CSV) and the per-joint bar chart of
+    one run in folder ``out``; returns the group table (markdown)."""
+    os.makedirs(out, exist_ok=True)
+    shown = ""
+    for kind in KINDS:
+        headers, rows = pck_table(metrics, prefix, kind)
+        shown = markdown_table(headers, rows)
+        _atomic_write(os.path.join(out, f"per_{kind}.md"), (shown + "\n").encode())
+        write_csv(os.path.join(out, f"per_{kind}.csv"), headers, rows)
+    named = {title: {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}}
+    bar_chart(named, "pck@0.05_crop", os.path.join(out, "per_joint.png"), kind="joint", title=title)
+    return shown
+
+
+def print_pck_table(metrics: Mapping[str, float], prefix: str, title: str) -> None:
+    headers, rows = pck_table(metrics, prefix, "group")
+    print(f"\n{title} (PCK@0.05 in %)\n")
+    print(markdown_table(headers, rows))
+
+
 # ----------------------------------------------------------------------------------------------
 # Text formats
 # ----------------------------------------------------------------------------------------------

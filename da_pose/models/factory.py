@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from da_pose.config import ModelConfig
 from da_pose.errors import ConfigError
 from da_pose.models.hourglass import HourglassNet
 from da_pose.models.pose_resnet import PoseResNet, load_pretrained_backbone, pose_resnet
+
+if TYPE_CHECKING:  # a type only: config imports this module's names, not the other way round
+    from da_pose.config import ModelConfig
 
 
 def build_hourglass(cfg: ModelConfig, num_joints: int) -> HourglassNet:
@@ -36,7 +39,7 @@ def build_pose_resnet(cfg: ModelConfig, num_joints: int, depth: int) -> PoseResN
     return model
 
 
-BACKBONES: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+BACKBONES: dict[str, Callable[["ModelConfig", int], nn.Module]] = {
     "hourglass": build_hourglass,
     "resnet18": partial(build_pose_resnet, depth=18),
     "resnet34": partial(build_pose_resnet, depth=34),
@@ -83,3 +86,14 @@ def describe(model: nn.Module) -> str:
     channels = getattr(model, "feature_channels", "?")
     return (f"{name}: {params:.2f} M parameters, {joints} joints, stride {stride}, "
             f"features {channels} ch")
+
+
+def feature_channels(cfg: "ModelConfig") -> int:
+    """C of ``PoseOutput.features`` for this model config (built on the meta device: no memory,
+    no pretrained weights read)."""
+    import dataclasses
+
+    import torch
+
+    with torch.device("meta"):
+        return int(build_model(dataclasses.replace(cfg, pretrained=""), 18).feature_channels)

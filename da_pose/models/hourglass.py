@@ -121,7 +121,9 @@ class HourglassNet(nn.Module):
             nn.init.normal_(head.weight, std=0.001)
             nn.init.zeros_(head.bias)
 
-    def forward(self, x: Tensor) -> PoseOutput:
+    def _stacks(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The stem and every stack: the heatmaps of all stacks but the last, and the last
+        stack's features."""
         multiple = 4 * 2**self.depth
         if x.shape[-1] % multiple or x.shape[-2] % multiple:
             raise ConfigError(
@@ -135,10 +137,26 @@ class HourglassNet(nn.Module):
         y = x
         for i in range(self.stacks):
             y = self.fc[i](self.res[i](self.hg[i](x)))  # B, F, H/4, W/4
-            score = self.score[i](y)  # B, K, H/4, W/4
-            heatmaps.append(score)
             if i < self.stacks - 1:
+                score = self.score[i](y)  # B, K, H/4, W/4
+                heatmaps.append(score)
                 x = x + self.fc_[i](y) + self.score_[i](score)
+        return heatmaps, y
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stack's features (what ``PoseOutput.features`` holds).
+
+        Shape: (B, 3, H, W) -> (B, features, H/4, W/4)
+        """
+        return self._stacks(x)[1]
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """The last stack's score head. Shape: (B, features, h, w) -> (B, K, h, w)"""
+        return self.score[-1](features)
+
+    def forward(self, x: Tensor) -> PoseOutput:
+        heatmaps, y = self._stacks(x)
+        heatmaps.append(self.forward_head(y))
         return PoseOutput(heatmaps, y)
 
     def extra_repr(self) -> str:

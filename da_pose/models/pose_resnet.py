@@ -209,9 +209,17 @@ class PoseResNet(nn.Module):
             )
         self.stride = 32 // head.upsample_factor
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The backbone's output. Shape: (B, 3, H, W) -> (B, C, H/32, W/32)"""
+        return self.backbone(x)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """The deconvolution head. Shape: (B, C, h, w) -> (B, K, h * upsample, w * upsample)"""
+        return self.head(features)
+
     def forward(self, x: Tensor) -> PoseOutput:
-        features = self.backbone(x)  # B, C, H/32, W/32
-        return PoseOutput([self.head(features)], features)  # B, K, H/4, W/4
+        features = self.forward_features(x)  # B, C, H/32, W/32
+        return PoseOutput([self.forward_head(features)], features)  # B, K, H/4, W/4
 
 
 def pose_resnet(depth: int = 50, num_joints: int = 18, deconv_layers: int = 3,

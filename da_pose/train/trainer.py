@@ -1,7 +1,10 @@
 """One short Trainer: device, optimizer, schedule, AMP, DDP, checkpoints, logging, resume.
 
-Method-specific logic lives in step functions (``train/steps.py``): ``step_fn(model, batch) ->
-{"loss": ..., "loss/src": ...}``. The trainer backpropagates ``loss`` and logs every key.
+Method-specific logic lives in step functions: ``step_fn(model, batch) -> {"loss": ...,
+"loss/src": ...}``, pure (no backward, no optimizer step). The trainer backpropagates ``loss``,
+steps the optimizer and logs every key; keys starting with ``_`` are handed to the callbacks and
+never logged. Callbacks (:class:`Callback`) run outside autocast after every step and epoch: the
+homes of an EMA teacher update, a GRL coefficient schedule or a discriminator's own step.
 
 Determinism: every epoch re-seeds all random generators from ``(seed, epoch)`` and checkpoints
 are written at epoch ends, so a run resumed from a checkpoint replays exactly the same epochs as
@@ -29,6 +32,20 @@ from da_pose.train import dist
 from da_pose.tracking import NullTracker
 
 StepFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+class Callback:
+    """Hooks the trainer calls around a step function; override the ones needed.
+
+    ``on_step_end`` runs after the optimizer step, outside autocast and with gradients enabled,
+    with the step function's output (``_``-keys included); it may return more metrics to log.
+    """
+
+    def on_step_end(self, trainer: "Trainer", batch, out: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return None
+
+    def on_epoch_end(self, trainer: "Trainer") -> None:
+        return None
 
 
 def seed_all(seed: int) -> None:
@@ -122,12 +139,14 @@ class Trainer:
         arch: what a checkpoint must match to be loaded into this model (backbone, joints ...).
         extra_modules: further modules trained with the model (e.g. a domain discriminator);
             their parameters join the optimizer and their weights the checkpoint.
+        state_modules: modules that only hold state (e.g. an EMA teacher): saved and resumed
+            with the checkpoint, never optimized (their parameters get ``requires_grad=False``).
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, *, device: torch.device, run_dir: str | Path,
                  seed: int = 0, tracker=None, arch: Mapping[str, Any] | None = None, config_yaml: str = "",
                  dist_info: dist.DistInfo | None = None, extra_modules: Mapping[str, nn.Module] | None = None,
-                 param_groups: list[dict] | None = None, show_progress: bool = True):
+                 state_modules: Mapping[str, nn.Module] | None = None, param_groups: list[dict] | None = None, show_progress: bool = True):
         self.cfg = cfg
         self.device = device
         self.run_dir = Path(run_dir)
@@ -150,6 +169,12 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.extra_modules = {k: m.to(device) for k, m in (extra_modules or {}).items()}
+        self.state_modules = {k: m.to(device) for k, m in (state_modules or {}).items()}
+        clash = set(self.extra_modules) & set(self.state_modules)
+        if clash:
+            raise ValueError(f"modules both optimized and state-only: {sorted(clash)}")
+        for m in self.state_modules.values():
+            m.requires_grad_(False)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         groups += [{"params": list(m.parameters())} for m in self.extra_modules.values()]
         groups += list(param_groups or [])
@@ -172,6 +197,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "extra_modules": {k: m.state_dict() for k, m in self.extra_modules.items()},
+            "state_modules": {k: m.state_dict() for k, m in self.state_modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
@@ -197,9 +223,10 @@ class Trainer:
         checkpoint.load_model_weights(self.model, ckpt, path)
         if weights_only:
             return
-        for k, m in self.extra_modules.items():
-            if k in ckpt.get("extra_modules", {}):
-                m.load_state_dict(ckpt["extra_modules"][k])
+        for group, modules in (("extra_modules", self.extra_modules), ("state_modules", self.state_modules)):
+            for k, m in modules.items():
+                if k in ckpt.get(group, {}):
+                    m.load_state_dict(ckpt[group][k])
         if "optimizer" in ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if "scheduler" in ckpt:
@@ -213,8 +240,10 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_epoch(self, step_fn: StepFn, batches: Iterable, desc: str = "") -> dict[str, float]:
+    def train_epoch(self, step_fn: StepFn, batches: Iterable, desc: str = "",
+                    callbacks: Iterable[Callback] = ()) -> dict[str, float]:
         """One pass over ``batches``; returns the epoch's mean of every logged key."""
+        callbacks = list(callbacks)
         self.net.train()
         for m in self.extra_modules.values():
             m.train()
@@ -249,10 +278,17 @@ class Trainer:
                 nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
+            out = {k: v for k, v in out.items()}
+            for cb in callbacks:
+                more = cb.on_step_end(self, batch, out)
+                if more:
+                    out.update(more)
             count += 1
             window_n += 1
             window_images += n_images
             for k, v in out.items():
+                if k.startswith("_"):
+                    continue
                 fv = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                 sums[k] = sums.get(k, 0.0) + fv
                 window[k] = window.get(k, 0.0) + fv
@@ -270,7 +306,7 @@ class Trainer:
 
     def fit(self, step_fn: StepFn, batches: Callable[[int], Iterable], end_epoch: int,
             evaluate: Callable[[nn.Module], dict[str, float]] | None = None, select: str | None = None,
-            desc: str = "") -> dict[str, float]:
+            desc: str = "", callbacks: Iterable[Callback] = ()) -> dict[str, float]:
         """Train epochs ``self.epoch .. end_epoch - 1``; evaluate, select and checkpoint at epoch ends.
 
         Args:
@@ -278,14 +314,18 @@ class Trainer:
             evaluate: ``evaluate(model) -> metrics``, run on the main rank every ``eval_every``
                 epochs and at the end; never on the target test split when ``select`` is set.
             select: the metric maximised for ``best.pt`` (e.g. source-val PCK); None = no selection.
+            callbacks: :class:`Callback` objects called after every step and epoch.
         """
+        callbacks = list(callbacks)
         while self.epoch < end_epoch:
             if self.cfg.max_steps and self.step >= self.cfg.max_steps:
                 break
             seed_all(epoch_seed(self.seed, self.epoch))
-            means = self.train_epoch(step_fn, batches(self.epoch), desc=desc)
+            means = self.train_epoch(step_fn, batches(self.epoch), desc=desc, callbacks=callbacks)
             self.scheduler.step()
             self.epoch += 1
+            for cb in callbacks:
+                cb.on_epoch_end(self)
             self.tracker.log_metrics({f"epoch/{k}": v for k, v in means.items()}, step=self.step)
             last = self.epoch >= end_epoch or (self.cfg.max_steps and self.step >= self.cfg.max_steps)
             if evaluate is not None and (last or self.epoch % max(1, self.cfg.eval_every) == 0):

@@ -8,9 +8,9 @@ What is timed, on the pretrain path of ``experiments/toy/pretrain_hg.yaml`` (the
 data, augmentation, batch size and optimizer as configured there; the table names them),
 images/s over ``--images`` source images per epoch after one untimed step:
 
-- end to end: ``jobs.make_dataset`` (a real train-mode PoseDataset with the config's
+- end to end: ``loaders.make_dataset`` (a real train-mode PoseDataset with the config's
   augmentation: random scale/rotation/shift/flip, appearance, target generation; cache filled
-  up front as the job does), ``jobs.make_loader`` (the configured ``data.workers``; a new loader
+  up front as the job does), ``loaders.make_loader`` (the configured ``data.workers``; a new loader
   per epoch, as ``run_supervised`` makes them) and ``Trainer.train_epoch`` with
   ``supervised_step`` (forward, joints MSE, backward, optimizer step), as ``da-pose pretrain``
   runs them. Each step's time counts from asking the loader for the batch to the end of the
@@ -45,7 +45,7 @@ import torch
 from da_pose.config import load_config
 from da_pose.data.manifest import load_domain
 from da_pose.data.skeleton import NUM_JOINTS
-from da_pose.jobs import make_codec, make_dataset, make_loader
+from da_pose.data.loaders import make_codec, make_dataset, make_loader
 from da_pose.models.factory import build_model
 from da_pose.train.steps import supervised_step
 from da_pose.train.trainer import Trainer, resolve_device

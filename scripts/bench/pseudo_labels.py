@@ -49,8 +49,8 @@ from da_pose.adapt.ccssl import aggregate, generate_pseudo_labels, generate_raw,
 from da_pose.config import load_config
 from da_pose.data.manifest import load_domain
 from da_pose.data.skeleton import NUM_JOINTS
-from da_pose.eval.evaluate import apply_affines, invert_affines
-from da_pose.jobs import make_codec, make_dataset
+from da_pose.data.transforms import apply_affine, invert_affine
+from da_pose.data.loaders import make_codec, make_dataset
 from da_pose.models.factory import build_model
 from da_pose.models.layers import PoseOutput
 from common import machine_line, ratio_row, sync  # scripts/bench/common.py (the script's own folder)
@@ -136,8 +136,8 @@ def one_image_at_a_time(model, dataset, codec, cfg, device: torch.device, seed: 
         image = item["image"][None].to(device)  # 1, 3, S, S
         views, _ = predict_views(single, image, codec, cfg, mean, std, gen)  # 1 + T, 1, K, h, w
         xy, _conf = aggregate(views, codec, cfg.confidence)  # 1, K, 2 input px
-        back = invert_affines(item["affine"][None].to(device, torch.float64))
-        apply_affines(back, xy.double()).float().cpu().numpy()  # (1, K, 2) original px
+        back = invert_affine(item["affine"][None].to(device, torch.float64))
+        apply_affine(back, xy.double()).float().cpu().numpy()  # (1, K, 2) original px
         sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds

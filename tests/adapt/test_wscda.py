@@ -13,7 +13,7 @@ import torch
 from da_pose import checkpoint
 from da_pose.adapt import wscda
 from da_pose.adapt.wscda import (DomainAdversary, DomainTagged, balanced_accuracy, ddl_loss, domain_accuracy,
-                                 grl_lambda, labelled_subset, pose_loss)
+                                 grl_lambda, labelled_subset, pose_loss, wscda_step)
 from da_pose.config import CCSSLConfig, WSCDAConfig
 from da_pose.data import coco
 from da_pose.data.codec import HeatmapCodec
@@ -25,7 +25,6 @@ from da_pose.errors import ConfigError
 from da_pose.models.discriminator import DomainDiscriminator
 from da_pose.models.hourglass import HourglassNet
 from da_pose.train.losses import joints_mse
-from da_pose.train.steps import wscda_step
 
 
 def adversary(mode="grl", channels=8, total=10, seed=0, **kw):
@@ -272,7 +271,7 @@ def test_step_ignores_the_unlabelled_target_labels(mode):
     keys = {"loss", "loss/pose", "loss/pose_animal", "loss/pose_other", "loss/ddl", "disc/acc_y", "disc/acc_z"}
     assert keys <= set(out) and torch.isfinite(out["loss"])
     assert ("grl/lambda" in out) == (mode == "grl")
-    assert adv.step == 3
+    assert adv.step == 2  # the step is pure: the schedule advances in the trainer callback
     # fill the unlabelled target's labels with anything: nothing changes
     poisoned = dict(batch, target=dict(batch["target"], target=torch.rand(2, NUM_JOINTS, 8, 8),
                                        target_weight=torch.ones(2, NUM_JOINTS)))
@@ -287,6 +286,12 @@ def test_step_ignores_the_unlabelled_target_labels(mode):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
     # grl: the discriminator learns through the trainer's optimizer; minmax: only through its own
     assert all((p.grad is None) == (mode == "minmax") for p in adv.parameters())
+    # after the optimizer step, the callback: minmax's discriminator step, then the schedule
+    before = [p.detach().clone() for p in adv.parameters()]
+    wscda.AdversaryCallback(adv, cfg).on_step_end(None, batch, out)
+    assert adv.step == 3
+    moved = any(not torch.equal(a, p) for a, p in zip(before, adv.parameters()))
+    assert moved == (mode == "minmax")
 
 
 # ---------------------------------------------------------------------------------- data and config
@@ -315,11 +320,11 @@ def test_domain_tag_is_added_to_items():
 
 def test_config_checks_and_pplo_settings():
     with pytest.raises(ConfigError, match="wscda.disc.*valid: mlp, conv"):
-        wscda.check_config(WSCDAConfig(disc="transformer"))
+        WSCDAConfig(disc="transformer").check()
     with pytest.raises(ConfigError, match="pplo_keep"):
-        wscda.check_config(WSCDAConfig(pplo_keep=(0.5, 1.5)))
+        WSCDAConfig(pplo_keep=(0.5, 1.5)).check()
     with pytest.raises(ConfigError, match="wscda.beta"):
-        wscda.check_config(WSCDAConfig(beta=-1.0))
+        WSCDAConfig(beta=-1.0).check()
     pcfg = wscda.pplo_ccssl_config(CCSSLConfig(num_transforms=2), WSCDAConfig(pplo_rounds=2, pplo_keep=(0.3, 0.6)))
     assert pcfg.keep_schedule == (0.3, 0.6) and pcfg.curriculum and not pcfg.temporal
     assert pcfg.num_transforms == 2 and pcfg.rounds == 2

@@ -242,6 +242,34 @@ def test_legacy_per_batch_averaging_depends_on_batch_size():
     assert out3["pck@0.05_legacy/mean"] == pytest.approx(75.0)
 
 
+def test_legacy_empty_batch_weighs_zero_with_its_size_as_published():
+    # Two samples, batch_size 1: sample 0 has one counted, correct joint; sample 1 none at all
+    # (empty target). The published headline averages the batches' means, 0 for a batch with
+    # nothing counted, weighted by batch size: (1.0 * 1 + 0.0 * 1) / 2 = 50.0 (not 100.0).
+    gm = peak_maps([[(20, 20)], [None]])
+    out = pck.legacy_summary(gm, gm, batch_size=1, joints=("p",), groups={})
+    assert out["pck@0.05_legacy/batch_mean"] == pytest.approx(50.0)
+    assert out["pck@0.05_legacy/p"] == pytest.approx(100.0)  # per joint: uncounted batches left out
+    assert out["pck@0.05_legacy/mean"] == pytest.approx(100.0)
+    # one batch of both: one counted joint, correct -> 100
+    assert pck.legacy_summary(gm, gm, batch_size=2, joints=("p",), groups={})["pck@0.05_legacy/batch_mean"] == 100.0
+    # nothing counted anywhere: every batch averages 0
+    empty = peak_maps([[None], [None]])
+    assert pck.legacy_summary(empty, empty, batch_size=1, joints=("p",), groups={})["pck@0.05_legacy/batch_mean"] == 0.0
+
+
+def test_legacy_from_peaks_equals_from_maps():
+    rng = np.random.default_rng(3)
+    pm = rng.random((7, 18, H, W)).astype(np.float32)
+    gm = peak_maps([[(int(x), int(y)) for x, y in rng.integers(0, 64, (18, 2))] for _ in range(7)])
+    from_maps = pck.legacy_summary(pm, gm, batch_size=3)
+    from_peaks = pck.legacy_summary_from_peaks(pck.legacy_peaks(pm), pck.legacy_peaks(gm), W, batch_size=3)
+    assert from_maps.keys() == from_peaks.keys()
+    np.testing.assert_allclose(list(from_maps.values()), list(from_peaks.values()))
+    with pytest.raises(ValueError, match="same shape"):
+        pck.legacy_summary_from_peaks(np.zeros((2, 18, 2)), np.zeros((3, 18, 2)), 64)
+
+
 def test_legacy_never_counted_joint_is_nan():
     gm = peak_maps([[(20, 20), None], [(20, 20), (0, 5)]])
     out = pck.legacy_pck(gm, gm, batch_size=6)

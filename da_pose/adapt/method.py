@@ -1,0 +1,255 @@
+"""The method interface: what an adaptation method is, the registry, and the one job that runs any.
+
+A method is a :class:`Method` in :data:`METHODS`: the config section it reads, the data it
+needs, the modules it adds (optimized ones such as a discriminator, state-only ones such as an
+EMA teacher), its step function and its hooks. :func:`run_adaptation` owns everything else:
+the init checkpoint, the datasets, the target-test evaluation (reported at epoch ends, never
+used to select), the rounds, the final report and MLflow.
+
+Training is a sequence of rounds (one for most methods). Round ``r`` spans
+``round_epochs(job, r)`` trainer epochs; ``plan_round(job, r)`` is called when round ``r``
+starts (or is resumed): the place to make pseudo-labels. A resumed run skips the rounds whose
+epochs are done, so it continues exactly where the checkpoint was written.
+
+The smallest method is a section and a step function::
+
+    @dataclass(frozen=True)
+    class EntropyConfig:
+        weight: float = 1.0
+
+    def entropy_step(model, batch, cfg):  # batch["source"], batch["target"] (unlabelled)
+        ...
+        return {"loss": loss, "loss/entropy": ent.detach()}
+
+    register(Method("entropy", "entropy minimisation on the target", section="entropy",
+                    config=EntropyConfig, step=entropy_step))
+
+See docs/adding_a_method.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from da_pose import config as config_mod
+from da_pose.config import Config
+from da_pose.data.loaders import domain_records, make_codec, make_dataset, mixed_batches
+from da_pose.data.skeleton import NUM_JOINTS
+from da_pose.errors import ConfigError
+from da_pose.eval.target import TargetTest
+from da_pose.run import RunContext, build, open_run
+from da_pose.train.trainer import Callback
+
+DATA_ROLES = ("source", "target", "other")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round trains on: ``step(model, batch) -> {"loss": ...}`` over ``batches(epoch)``."""
+
+    step: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+    batches: Callable[[int], Iterable]
+    desc: str = ""
+    callbacks: tuple[Callback, ...] = ()
+
+
+@dataclass(frozen=True)
+class Method:
+    """An adaptation method.
+
+    Args:
+        name: the name on the command line (``da-pose adapt NAME``) and the run's ``method`` tag.
+        summary: one line for ``da-pose adapt --help`` and the final table's title.
+        section: the config section it reads (``cfg.section(section)``).
+        config: the section's frozen dataclass; registered as a config section unless built in.
+        needs: data roles loaded for it: ``source`` (labelled source train), ``target``
+            (unlabelled target train: ``job.data["target"]`` with its labels hidden and
+            ``job.data["target_eval"]`` without augmentation), ``other`` (another body plan).
+        step: ``step(model, batch, section) -> {"loss": ...}`` for the default round plan (one
+            batch of every needed role per step, ``batch[role]``).
+        rounds: number of rounds from the section (default 1).
+        round_epochs: epochs of round r (default ``train.epochs``).
+        setup: ``setup(job)`` before the model is built: datasets of its own, ``job.modules``
+            (optimized with the model) and ``job.state_modules`` (saved, never optimized).
+        on_build: ``on_build(job)`` after the model and trainer exist (and the checkpoint is
+            restored): e.g. copy the student into a new teacher.
+        plan_round: ``plan_round(job, r) -> RoundPlan`` when round r starts (default: ``step``
+            over mixed batches of ``needs``).
+        callbacks: ``callbacks(job) -> [Callback]`` for every round (EMA update, schedules).
+        fixed: section values the name implies (applied over the config: ``plain_pl`` is CC-SSL
+            without its three consistency terms).
+        check: ``check(cfg)`` raises ConfigError for settings the method cannot run with.
+        tags: ``tags(job) -> {name: value}`` extra MLflow tags.
+    """
+
+    name: str
+    summary: str
+    section: str
+    config: type | None = None
+    needs: tuple[str, ...] = ("source", "target")
+    step: Callable | None = None
+    rounds: Callable[[Any], int] = lambda section: 1
+    round_epochs: Callable[["AdaptJob", int], int] | None = None
+    setup: Callable[["AdaptJob"], None] | None = None
+    on_build: Callable[["AdaptJob"], None] | None = None
+    plan_round: Callable[["AdaptJob", int], RoundPlan] | None = None
+    callbacks: Callable[["AdaptJob"], list] | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[Config], None] | None = None
+    tags: Callable[["AdaptJob"], dict] | None = None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS` (and its section to the config). Returns it."""
+    if method.name in config_mod.BASELINES:
+        raise ValueError(f"'{method.name}' is a baseline name, not a method")
+    unknown = set(method.needs) - set(DATA_ROLES)
+    if unknown:
+        raise ValueError(f"method {method.name}: unknown data roles {sorted(unknown)}; valid: {', '.join(DATA_ROLES)}")
+    if method.step is None and method.plan_round is None:
+        raise ValueError(f"method {method.name}: give a step function or a plan_round hook")
+    if method.config is not None:
+        config_mod.register_section(method.section, method.config)
+    METHODS[method.name] = method
+    return method
+
+
+def variant(base: Method, name: str, summary: str, **changes) -> Method:
+    """A method that is ``base`` under another name, e.g. with some section values fixed."""
+    return dataclasses.replace(base, name=name, summary=summary, **changes)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'; valid: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_config(cfg: Config, method: Method) -> Config:
+    """The run's config: tagged with the method's name, its fixed values applied, checked.
+
+    A config whose ``method`` names another method is refused (so a YAML file written for one
+    method cannot be run, and tagged, as another by mistake).
+    """
+    if cfg.method not in ("source_only", method.name):
+        hint = f"run it with da-pose adapt {cfg.method}" if cfg.method in METHODS else f"valid: {', '.join(METHODS)}"
+        raise ConfigError(f"the config names method '{cfg.method}' but the command runs '{method.name}'; {hint} "
+                          f"(or --set method={method.name})")
+    cfg = dataclasses.replace(cfg, method=method.name)
+    if method.fixed:
+        cfg = config_mod.replace(cfg, **{method.section: dict(method.fixed)})
+    if method.check is not None:
+        method.check(cfg)
+    return cfg
+
+
+@dataclass
+class AdaptJob:
+    """What a method's hooks see: the run, its data, its model, its trainer, its own state."""
+
+    cfg: Config
+    ctx: RunContext
+    method: Method
+    codec: Any
+    data: dict = field(default_factory=dict)  # role -> dataset (see Method.needs)
+    test: TargetTest | None = None
+    modules: dict = field(default_factory=dict)  # optimized with the model
+    state_modules: dict = field(default_factory=dict)  # saved and resumed, never optimized
+    model: nn.Module | None = None
+    trainer: Any = None
+    state: dict = field(default_factory=dict)  # anything else a method keeps between hooks
+
+    @property
+    def section(self):
+        return self.cfg.section(self.method.section)
+
+    @property
+    def resumed(self) -> bool:
+        return self.ctx.resume_from is not None
+
+    def dataset(self, records, train: bool):
+        return make_dataset(self.cfg, records, self.codec, train=train)
+
+    def hidden_labels(self, ds):
+        """``ds`` with every label zeroed: all joints weigh 0, nothing of the labels is seen."""
+        return ds.with_keypoints(np.zeros((len(ds.records), NUM_JOINTS, 3), np.float32))
+
+    def steps_per_epoch(self, size: int, configured: int = 0) -> int:
+        """``configured`` steps, or one pass over ``size`` images at the global batch size."""
+        return configured or max(1, size // (self.cfg.train.batch_size * self.ctx.dist.world_size))
+
+    def mixed(self, datasets: dict, steps: int) -> Callable[[int], Iterable]:
+        """``batches(epoch)``: one seeded loader per named dataset, mixed for ``steps`` steps."""
+        return lambda epoch: mixed_batches(self.cfg, datasets, steps, epoch, info=self.ctx.dist)
+
+    def check_batchable(self, datasets: dict) -> None:
+        need = self.cfg.train.batch_size * self.ctx.dist.world_size
+        for name, ds in datasets.items():
+            if len(ds) < need:
+                raise ConfigError(f"{self.cfg.data.root}: {self.method.name} source '{name}' has {len(ds)} training "
+                                  f"images, fewer than one batch ({need}); lower train.batch_size")
+
+
+def load_data(job: AdaptJob) -> None:
+    """The datasets of ``job.method.needs`` and the target test split."""
+    cfg, needs = job.cfg, job.method.needs
+    if "other" in needs:
+        job.data["other"] = job.dataset(domain_records(cfg, "other", "train"), train=True)
+    if "source" in needs:
+        job.data["source"] = job.dataset(domain_records(cfg, "source", "train"), train=True)
+    if "target" in needs:
+        job.data["target_eval"] = job.dataset(domain_records(cfg, "target", "train"), train=False)
+        # readable frames only (the eval dataset dropped unreadable ones); labels never used
+        job.data["target"] = job.hidden_labels(job.dataset(job.data["target_eval"].records, train=True))
+    job.test = TargetTest.load(job.ctx, job.codec)
+
+
+def default_plan(job: AdaptJob, r: int) -> RoundPlan:
+    """``method.step`` on one batch of every needed role per step; steps from the section's
+    ``steps_per_epoch`` (when it has one) or one pass over the largest needed dataset."""
+    roles = {k: job.data[k] for k in job.method.needs}
+    steps = job.steps_per_epoch(max(len(ds) for ds in roles.values()), getattr(job.section, "steps_per_epoch", 0))
+    return RoundPlan(partial(job.method.step, cfg=job.section), job.mixed(roles, steps), desc=job.method.name)
+
+
+def run_adaptation(cfg: Config, method: Method | str) -> dict:
+    """Run ``method`` from ``cfg.init``: data, modules, rounds, target-test report, MLflow."""
+    method = get_method(method) if isinstance(method, str) else method
+    cfg = method_config(cfg, method)
+    with open_run(cfg, f"adapt {method.name}") as ctx:
+        if not cfg.init and ctx.resume_from is None:
+            raise ConfigError(f"adapt {method.name} starts from a pretrained checkpoint: pass --set init=PATH")
+        job = AdaptJob(cfg, ctx, method, make_codec(cfg))
+        load_data(job)
+        if method.setup is not None:
+            method.setup(job)
+        job.model, job.trainer = build(cfg, ctx, extra_modules=job.modules, state_modules=job.state_modules)
+        if method.on_build is not None:
+            method.on_build(job)
+        ctx.tracker.set_tags({"selection": "last", **(method.tags(job) if method.tags else {})})
+        callbacks = list(method.callbacks(job)) if method.callbacks else []
+        plan_round = method.plan_round or default_plan
+        trainer, start = job.trainer, 0
+        rounds = method.rounds(job.section)
+        for r in range(rounds):
+            end = start + (method.round_epochs(job, r) if method.round_epochs else cfg.train.epochs)
+            if trainer.epoch < end:
+                plan = plan_round(job, r)
+                trainer.round = r
+                trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(), select=None,
+                            desc=plan.desc, callbacks=callbacks + list(plan.callbacks))
+            start = end
+        if not ctx.is_main:
+            return {}
+        title = f"{cfg.name}: target test after {method.summary}"
+        return job.test.report(job.model, trainer.step, title)
