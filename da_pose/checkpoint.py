@@ -6,90 +6,86 @@ A checkpoint is a plain dict of tensors and primitives::
      "step": int, "epoch": int, "round": int, "arch": {...}, "config": yaml str, "rng": {...},
      "metrics": {...}}
 
-It is written to a temporary file in the same folder and renamed over the old one (an interrupted
-save never leaves a partial file under the real name) and read with ``torch.load(...,
-weights_only=True)``, which refuses pickled code.
+It is serialised in memory and written with ``fileio.write_bytes_atomic`` (a temporary file in
+the same folder renamed over the old one: an interrupted save never leaves a partial file under
+the real name) and read with ``torch.load(..., weights_only=True)``, which refuses pickled code
+(numpy scalars, which older checkpoints hold, are allowed: they are plain data).
+
+Published checkpoints (the CC-SSL / pytorch-pose layout ``{"epoch", "arch": "hg", "state_dict":
+{"module.<key>": tensor}, "best_acc", "optimizer"}``) load too: :func:`model_state` takes the
+nested ``state_dict`` without the ``module.`` prefix and :func:`check_arch` compares what the
+weights show (backbone, stacks, width, joints) with the config.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from da_pose.errors import CheckpointError
+from da_pose.fileio import write_bytes_atomic
 
 FORMAT = 1
 
 
-def atomic_write(path: str | Path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then rename the temporary file onto ``path``.
+def save(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically with ``torch.save`` (through ``fileio.write_bytes_atomic``).
+
+    The checkpoint is serialised in memory first, so a failure while pickling or writing never
+    touches ``path``.
 
     Raises:
         CheckpointError: the folder is not writable or the disk is full; ``path`` is untouched.
     """
     path = Path(path)
+    state = {"format": FORMAT, **state}
+    buf = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        torch.save(state, buf)
     except OSError as exc:
-        raise CheckpointError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(
             f"could not write {path} ({exc.strerror or exc}); the previous file is unchanged"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    try:
+        return write_bytes_atomic(path, buf.getbuffer())
+    except PermissionError as exc:
+        raise CheckpointError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        if not path.parent.is_dir():
+            raise CheckpointError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+        raise CheckpointError(
+            f"could not write {path} ({exc.strerror or exc}); the previous file is unchanged"
+        ) from None
 
 
-class _Writer:
-    """A file for ``torch.save`` that remembers the OS error of a failed write."""
+def _numpy_scalar_globals() -> list:
+    """numpy scalars and dtypes, which old checkpoints hold (``best_acc`` as a numpy float):
+    plain data, allowed under both of numpy's module names."""
+    import numpy as np
 
-    def __init__(self, fh):
-        self.fh = fh
-        self.error: OSError | None = None
+    try:
+        scalar = np._core.multiarray.scalar
+    except AttributeError:  # numpy < 2
+        scalar = np.core.multiarray.scalar
+    allowed = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
+    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
+        cls = getattr(getattr(np, "dtypes", None), name, None)
+        if cls is not None:
+            allowed.append(cls)
+    return allowed
 
-    def write(self, data) -> int:
-        try:
-            return self.fh.write(data)
-        except OSError as exc:
-            self.error = exc
+
+def _torch_load(path: Path, map_location):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        if "numpy" not in str(exc) or "Unsupported global" not in str(exc):
             raise
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-
-def _torch_save(state: dict[str, Any], tmp: str) -> None:
-    # torch's zip writer reports a failed write (disk full, file too large) as a RuntimeError
-    # ("unexpected pos ..."); the OSError behind it is what atomic_write turns into a
-    # CheckpointError that keeps the previous file.
-    with open(tmp, "wb") as fh:
-        writer = _Writer(fh)
-        try:
-            torch.save(state, writer)
-        except RuntimeError:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
-
-
-def save(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically with ``torch.save``."""
-    state = {"format": FORMAT, **state}
-    return atomic_write(path, lambda tmp: _torch_save(state, tmp))
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -103,7 +99,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = _torch_load(path, map_location)
     except Exception as exc:  # torch raises many types for truncated / unsafe files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
@@ -117,19 +113,76 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return obj
 
 
+def is_published(ckpt: dict) -> bool:
+    """True for the published (pytorch-pose / CC-SSL) layout: ``{"state_dict": ..., "arch": "hg",
+    "epoch", "best_acc", "optimizer"}``, usually with DataParallel's ``module.`` key prefix."""
+    return "model" not in ckpt and isinstance(ckpt.get("state_dict"), dict)
+
+
 def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
-    """The model weights of a da_pose checkpoint or a bare state dict."""
-    state = ckpt.get("model", ckpt)
+    """The model weights of a da_pose checkpoint, a published checkpoint or a bare state dict,
+    without a DataParallel / DDP ``module.`` prefix."""
+    state = ckpt["state_dict"] if is_published(ckpt) else ckpt.get("model", ckpt)
     if not isinstance(state, dict):
         raise CheckpointError("checkpoint has no model state dict")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
+# Published ``arch`` names and the backbone they are.
+PUBLISHED_ARCHS = {"hg": "hourglass"}
+
+
+def published_arch(ckpt: dict) -> dict:
+    """What can be read off a published checkpoint: backbone, and for the hourglass the number of
+    stacks, the width and the joint count (from the ``score.<i>`` heads)."""
+    name = ckpt.get("arch")
+    name = name if isinstance(name, str) else ""
+    state = model_state(ckpt)
+    backbone = PUBLISHED_ARCHS.get(name.lower(), name.lower() or None)
+    heads = sorted(int(k.split(".")[1]) for k in state if k.startswith("score.") and k.endswith(".weight")
+                   and k.split(".")[1].isdigit())
+    if backbone is None and heads and any(k.startswith("hg.") for k in state):
+        backbone = "hourglass"
+    arch: dict = {"backbone": backbone}
+    if backbone == "hourglass" and heads:
+        w = state[f"score.{heads[0]}.weight"]
+        arch.update(stacks=len(heads), num_joints=int(w.shape[0]), features=int(w.shape[1]))
+    return arch
+
+
+def published_overrides(ckpt: dict) -> list[str]:
+    """``--set`` overrides that give a config the model of a published checkpoint (which carries
+    no config): ``["model.backbone=hourglass", "model.stacks=4", "model.features=256"]``."""
+    arch = published_arch(ckpt)
+    out = [f"model.backbone={arch['backbone']}"] if arch.get("backbone") else []
+    out += [f"model.{k}={arch[k]}" for k in ("stacks", "features") if k in arch]
+    return out
+
+
 def check_arch(ckpt: dict, arch: dict, path: str | Path = "checkpoint") -> None:
-    """Refuse a checkpoint of another architecture or joint count, naming the difference."""
+    """Refuse a checkpoint of another architecture or joint count, naming the difference.
+
+    A published checkpoint (``arch`` is a name such as ``"hg"``) is compared on what can be read
+    off its weights (:func:`published_arch`); the message says which ``--set model.*`` fit it.
+    """
     saved = ckpt.get("arch")
     if not saved:
         return
+    if isinstance(saved, str) or is_published(ckpt):
+        found = published_arch(ckpt)
+        diffs = [f"{k}: checkpoint {found[k]!r} vs config {v!r}" for k, v in arch.items()
+                 if k in found and found[k] != v]
+        if diffs:
+            fix = " ".join(f"--set {o}" for o in published_overrides(ckpt))
+            raise CheckpointError(
+                f"{path} is a published checkpoint (arch {saved!r}) of another model ({'; '.join(diffs)})"
+                + (f"; its model is {fix}" if fix else "")
+            )
+        return
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: 'arch' is {type(saved).__name__}, expected a dict or a published arch name")
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}" for k, v in arch.items() if saved.get(k) != v]
     if diffs:
         raise CheckpointError(f"{path} was trained with another model ({'; '.join(diffs)})")
@@ -137,9 +190,7 @@ def check_arch(ckpt: dict, arch: dict, path: str | Path = "checkpoint") -> None:
 
 def load_model_weights(model: torch.nn.Module, ckpt: dict, path: str | Path = "checkpoint") -> None:
     """Strict load with a one-line error on mismatching keys or shapes."""
-    state = model_state(ckpt)
-    if state and next(iter(state)).startswith("module."):  # saved from a DDP wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = model_state(ckpt)  # a DataParallel / DDP "module." prefix removed
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
