@@ -97,6 +97,18 @@ def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord
     return metrics
 
 
+def _upgrade_config_text(text: str) -> str:
+    """A config written by an earlier version, in today's keys (``data.target_labelled`` is now
+    ``wscda.target_labelled``)."""
+    import yaml
+
+    tree = yaml.safe_load(text) or {}
+    if isinstance(tree, dict) and isinstance(tree.get("data"), dict) and "target_labelled" in tree["data"]:
+        tree.setdefault("wscda", {})["target_labelled"] = tree["data"].pop("target_labelled")
+        return yaml.safe_dump(tree, sort_keys=False)
+    return text
+
+
 def config_from_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """The config a checkpoint was trained with (its model/data/codec), with overrides applied."""
     import tempfile
@@ -109,7 +121,7 @@ def config_from_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> C
         raise ConfigError(f"{path} carries no config (a bare state dict?); evaluate and predict need a checkpoint "
                           "written by da-pose pretrain, finetune or adapt as --checkpoint")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write(text)
+        fh.write(_upgrade_config_text(text))
     try:
         return load_config(fh.name, list(overrides) + ["resume=no"])
     finally:

@@ -448,3 +448,13 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(capsys, tiny_benchma
         assert code == 2 and err.count("\n") == 1 and "--threads 0" in err
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_checkpoint_config_of_an_earlier_version_is_read(tmp_path):
+    from da_pose.jobs import config_from_checkpoint
+
+    cfg = load_config(None, [])
+    text = dump_yaml(cfg).replace("data:\n", "data:\n  target_labelled: 7\n", 1)
+    path = tmp_path / "old.pt"
+    checkpoint.save(path, {"model": {}, "config": text})
+    assert config_from_checkpoint(path).wscda.target_labelled == 7
