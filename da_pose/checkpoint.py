@@ -102,7 +102,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         obj = _torch_load(path, map_location)
     except Exception as exc:  # torch raises many types for truncated / unsafe files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
             raise CheckpointError(
                 f"{path}: refused, the file holds Python objects beyond tensors "
                 "(loading with weights_only=True); only da_pose or plain state-dict files load"

@@ -100,6 +100,8 @@ def data_show(spec, joint_map, animal, split, out, count, seed, strict):
     records = parse_data_spec(spec, animal=animal, split=split, joint_map=joint_map, strict=strict)
     path = records_grid(records, out, n=count, seed=seed)
     click.echo(f"wrote {path} ({min(count, len(records))} of {len(records)} samples)")
+    if records and records[0].extra.get("split_source"):
+        click.echo(f"split: {records[0].extra['split_source']}")
 
 
 # ---------------------------------------------------------------------------------------- train

@@ -206,3 +206,9 @@ def test_save_goes_through_the_shared_atomic_writer(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(CheckpointError, match="cannot write to"):
         checkpoint.save(tmp_path / "file" / "x.pt", {"step": 1})
+
+
+def test_a_file_that_is_not_a_checkpoint_is_not_called_unsafe(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(tmp_path / "junk.pt")

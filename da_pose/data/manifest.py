@@ -85,10 +85,11 @@ def _check_domain(root: Path, name: str, entry, num_joints: int) -> None:
         ids = _need(entry, "vertex_ids", list, label)
         if len(ids) != num_joints or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
             raise DataError(f"{label}: vertex_ids must be {num_joints} non-negative integers")
-    if fmt == "tigdog" and "split_files" in entry:
+    if fmt in ("tigdog", "synthetic") and "split_files" in entry:
         files = _need(entry, "split_files", dict, label)
-        if not files or set(files) - {"train", "test"}:
-            raise DataError(f"{label}: split_files keys {sorted(files)}, expected 'train' and/or 'test'")
+        held_out = "test" if fmt == "tigdog" else "val"
+        if not files or set(files) - {"train", held_out}:
+            raise DataError(f"{label}: split_files keys {sorted(files)}, expected 'train' and/or '{held_out}'")
         for key, rel in files.items():
             resolve_inside(root, rel, f"domain {name!r} split_files[{key!r}]")
     if fmt in COCO_KINDS:
@@ -189,6 +190,8 @@ def load_entry(root: str | os.PathLike, name: str, entry: dict, split: str, stri
             split,
             vertex_ids=entry.get("vertex_ids"),
             train_count=counts.get("train"),
+            split_files={k: resolve_inside(root, v) for k, v in entry["split_files"].items()}
+            if "split_files" in entry else None,
             strict=strict,
             **kwargs,
         )

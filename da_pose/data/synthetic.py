@@ -192,6 +192,76 @@ def _warn_skipped(what: str, bad: list[str]) -> None:
         )
 
 
+TRAIN_IDX_FILE = "train_idxs.npy"
+VALID_IDX_FILE = "valid_idxs.npy"
+
+
+def read_index_file(path: str | os.PathLike, n: int) -> np.ndarray:
+    """A published split file: 1-D distinct integer positions into the sorted image listing.
+
+    Raises:
+        DataError: unreadable, not 1-D integers, duplicates, or a position outside ``0..n-1``.
+    """
+    path = Path(path)
+    expected = f"a 1-D array of distinct integer image positions in 0..{n - 1}"
+    try:
+        idx = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found (expected {expected})") from None
+    except Exception as exc:  # malformed headers raise many types
+        raise DataError(f"{path}: unreadable split file ({exc}); expected {expected}") from None
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise DataError(f"{path}: {idx.dtype} array of shape {idx.shape}; expected {expected}")
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx.max()) if idx.max() >= n else int(idx.min())
+        raise DataError(f"{path}: position {bad} outside the {n} images of the folder; expected {expected}")
+    if len(np.unique(idx)) != len(idx):
+        raise DataError(f"{path}: a position appears twice; expected {expected}")
+    return idx.astype(np.int64)
+
+
+def synthetic_split(folder: str | os.PathLike, n: int, split: str, train_count: int | None = None,
+                    split_files: dict | None = None) -> tuple[np.ndarray, str]:
+    """Positions (into the name-sorted ``*_img.png`` listing) of ``split`` and how they were chosen.
+
+    In order of precedence: ``split_files`` (``{"train": path, "val": path}``, either may be
+    missing: it is then the rest); the published files ``train_idxs.npy`` / ``valid_idxs.npy``
+    in the species folder when present (random positions, not "the first 8,000"); the first
+    ``train_count`` images as train (default ``round(0.8 n)``). ``val`` positions keep the
+    file's order (the published evaluation order).
+    """
+    folder = Path(folder)
+    files = dict(split_files or {})
+    if set(files) - {"train", "val"}:
+        raise ConfigError(f"synthetic split_files keys {sorted(files)}: expected 'train' and/or 'val'")
+    source = "given split files"
+    if not files:
+        found = {k: folder / f for k, f in (("train", TRAIN_IDX_FILE), ("val", VALID_IDX_FILE)) if (folder / f).is_file()}
+        if found:
+            files, source = found, "published split files in the folder"
+    if files:
+        idx = {k: read_index_file(v, n) for k, v in files.items()}
+        if "train" in idx and "val" in idx:
+            both = np.intersect1d(idx["train"], idx["val"])
+            if len(both):
+                raise DataError(f"{files['val']}: position {int(both[0])} is also in {files['train']}; "
+                                "expected disjoint train and val positions")
+        for have, other in (("train", "val"), ("val", "train")):
+            if have not in idx:
+                idx[have] = np.setdiff1d(np.arange(n), idx[other])
+        names = ", ".join(f"{k} {Path(v).name}" for k, v in files.items())
+        text = f"{source} ({names}): {len(idx['train'])} train / {len(idx['val'])} val of {n}"
+        chosen = {"train": idx["train"], "val": idx["val"], "all": np.arange(n)}[split]
+        return chosen, text
+    if train_count is None:
+        train_count = int(round(0.8 * n))
+    if not 0 <= train_count <= n:
+        raise ConfigError(f"train_count {train_count} out of range for {n} images in {folder}")
+    text = f"first {train_count} of {n} name-sorted images as train, the rest val (no {TRAIN_IDX_FILE})"
+    span = {"train": np.arange(train_count), "val": np.arange(train_count, n), "all": np.arange(n)}[split]
+    return span, text
+
+
 def load_synthetic(
     root: str | os.PathLike,
     species: str,
@@ -201,12 +271,16 @@ def load_synthetic(
     crop_factor: float = 1.25,
     use_visibility: bool = False,
     strict: bool = False,
+    split_files: dict | None = None,
 ) -> list[PoseRecord]:
     """Load one species of the synthetic-animal format as PoseRecords (original pixels).
 
-    Images ``*_img.png`` are sorted by name; the first ``train_count`` are ``train`` and the rest
-    ``val`` (published 8,000 / 2,000 of 10,000; default ``round(0.8 n)``), ``all`` is both. The
-    split is taken on the listing, so a skipped bad sample never moves another across it.
+    Images ``*_img.png`` are sorted by name. The split (:func:`synthetic_split`): the published
+    ``train_idxs.npy`` / ``valid_idxs.npy`` positions when given (``split_files``) or present in
+    the species folder, else the first ``train_count`` are ``train`` and the rest ``val``
+    (default ``round(0.8 n)``); ``all`` is both. Which one was used is in every record's
+    ``extra["split_source"]``. The split is taken on the listing, so a skipped bad sample never
+    moves another across it.
     ``vertex_ids`` overrides the species table. A sample whose npy is missing, malformed or
     NaN, or whose image is not a PNG, is skipped with a warning (``strict``: DataError). Each
     npy is read once and only its 18 joints and the box are kept.
@@ -230,14 +304,10 @@ def load_synthetic(
     if not images:
         raise DataError(f"{folder}: no *{IMAGE_SUFFIX} images")
     n = len(images)
-    if train_count is None:
-        train_count = int(round(0.8 * n))
-    if not 0 <= train_count <= n:
-        raise ConfigError(f"train_count {train_count} out of range for {n} images in {folder}")
-    span = {"train": range(0, train_count), "val": range(train_count, n), "all": range(n)}[split]
+    span, split_source = synthetic_split(folder, n, split, train_count, split_files)
 
     records, bad = [], []
-    for i in span:
+    for i in (int(j) for j in span):
         name = images[i]
         stem = name[: -len(IMAGE_SUFFIX)]
         img_path = folder / name
@@ -270,7 +340,7 @@ def load_synthetic(
                 video=-1,
                 frame=i,
                 species=species,
-                extra={"object_bbox": obj_box},
+                extra={"object_bbox": obj_box, "split_source": split_source},
             )
         )
     if bad and not records:
