@@ -76,8 +76,9 @@ def eval_loader(cfg: Config, ds) -> DataLoader:
 class MixedBatches:
     """``steps`` batches of ``{name: batch of that loader}``, cycling each loader as needed.
 
-    A loader shorter than ``steps`` starts over (a new pass in the same seeded order), so every
-    step sees one batch of every source whatever their sizes.
+    A loader shorter than ``steps`` starts over: a new shuffle, which the loader's seeded
+    generator makes the same for the same ``(seed, epoch)``. So every step sees one batch of
+    every source, whatever their sizes.
     """
 
     def __init__(self, loaders: dict[str, DataLoader], steps: int):

@@ -69,6 +69,44 @@ def _sigmas_for(jm, k: int, where: str):
     return None, f"{where}: a joint map of bare index pairs has no OKS sigmas (use a named map or a map file)"
 
 
+def _merged_ground_truth(docs: dict, maps: dict, names: list, rows: list):
+    """One COCO ground truth over the files' images that have a record, re-numbered across
+    files (unmapped keypoints -> v = 0); returns it and ``(file, image id) -> new id``."""
+    k = len(names)
+    wanted = {(r.extra["ann_file"], int(r.frame)) for _, r in rows}
+    images, anns, new_image = [], [], {}
+    for f, doc in docs.items():
+        mapped = np.zeros(k, bool)
+        mapped[maps[f][:, 0]] = True
+        for im in doc["images"]:
+            if (f, im.get("id")) in wanted and (f, im["id"]) not in new_image:
+                new_image[(f, im["id"])] = len(images) + 1
+                images.append({"id": len(images) + 1, "file_name": im.get("file_name", ""),
+                               "width": im.get("width", 0), "height": im.get("height", 0)})
+        for ann in doc["annotations"]:
+            key = (f, ann.get("image_id"))
+            if key not in new_image or "keypoints" not in ann:
+                continue
+            kp = np.asarray(ann["keypoints"], dtype=np.float64).reshape(k, 3)
+            kp[~mapped] = 0.0
+            bbox = [float(b) for b in ann.get("bbox", [0, 0, 0, 0])]
+            anns.append({
+                "id": len(anns) + 1, "image_id": new_image[key], "category_id": 1,
+                "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum()),
+                "bbox": bbox, "area": float(ann.get("area", bbox[2] * bbox[3])),
+                "iscrowd": int(ann.get("iscrowd", 0)),
+            })
+    gt = {"images": images, "annotations": anns,
+          "categories": [{"id": 1, "name": "animal", "keypoints": names, "skeleton": []}]}
+    from pycocotools.coco import COCO
+
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    return coco_gt, new_image
+
+
 def coco_oks_metrics(coords, conf, records: Sequence[PoseRecord], indices=None) -> dict[str, float]:
     """``oks/<stat>`` of predictions against the COCO files the records were read from.
 
@@ -110,39 +148,7 @@ def coco_oks_metrics(coords, conf, records: Sequence[PoseRecord], indices=None) 
         maps[f] = (np.stack([np.arange(k), np.arange(k)], axis=1) if jm is None
                    else np.asarray(list(jm), dtype=np.int64).reshape(-1, 2))
 
-    # Ground truth: images with a record, re-numbered across files; unmapped keypoints -> v = 0.
-    k = len(names)
-    wanted = {(r.extra["ann_file"], int(r.frame)) for _, r in rows}
-    images, anns, new_image = [], [], {}
-    for f, doc in docs.items():
-        mapped = np.zeros(k, bool)
-        mapped[maps[f][:, 0]] = True
-        for im in doc["images"]:
-            if (f, im.get("id")) in wanted and (f, im["id"]) not in new_image:
-                new_image[(f, im["id"])] = len(images) + 1
-                images.append({"id": len(images) + 1, "file_name": im.get("file_name", ""),
-                               "width": im.get("width", 0), "height": im.get("height", 0)})
-        for ann in doc["annotations"]:
-            key = (f, ann.get("image_id"))
-            if key not in new_image or "keypoints" not in ann:
-                continue
-            kp = np.asarray(ann["keypoints"], dtype=np.float64).reshape(k, 3)
-            kp[~mapped] = 0.0
-            bbox = [float(b) for b in ann.get("bbox", [0, 0, 0, 0])]
-            anns.append({
-                "id": len(anns) + 1, "image_id": new_image[key], "category_id": 1,
-                "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum()),
-                "bbox": bbox, "area": float(ann.get("area", bbox[2] * bbox[3])),
-                "iscrowd": int(ann.get("iscrowd", 0)),
-            })
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": 1, "name": "animal", "keypoints": names, "skeleton": []}]}
-    from pycocotools.coco import COCO
-
-    coco_gt = COCO()
-    coco_gt.dataset = gt
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt.createIndex()
+    coco_gt, new_image = _merged_ground_truth(docs, maps, names, rows)
 
     # Predictions in the dataset's keypoint order; unmapped keypoints at 0 with score 0.
     n = len(rows)
