@@ -198,6 +198,74 @@ def _file_joint_map(ann_file: Path, cats: dict, joint_map, num_joints: int) -> n
     return _check_joint_map(joint_map, k, num_joints, ann_file)
 
 
+def _coco_index(ann_file: Path, doc: dict):
+    """pycocotools' index of a parsed file, its annotation and image ids checked to be integers."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = doc
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        try:
+            coco.createIndex()
+        except KeyError as exc:
+            raise DataError(f"{ann_file}: malformed COCO structure (missing {exc}); expected COCO keypoints") from None
+        except TypeError as exc:
+            raise DataError(f"{ann_file}: malformed COCO structure ({exc}); expected COCO keypoints") from None
+
+    # COCO ids are integers; records carry them (frame = image id) and are sorted by annotation id
+    for kind, ids in (("annotation", coco.anns), ("image", coco.imgs)):
+        odd = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
+        if odd:
+            raise DataError(f"{ann_file}: {kind} id {odd[0]!r} is not an integer; expected COCO keypoints")
+    return coco
+
+
+def _make_record(ann: dict, ann_id: int, kp: np.ndarray, joints: np.ndarray, image_path: Path, cat: dict,
+                 ann_file: Path, joint_map, crop_factor: float) -> PoseRecord | None:
+    """The record of one annotation: the crop from its bbox (or its labelled keypoints), the
+    tight box of the mapped joints; None when there is nothing to crop."""
+    vis = joints[joints[:, 2] > 0]
+    if len(vis):
+        jx0, jy0 = vis[:, 0].min(), vis[:, 1].min()
+        bbox = np.array([jx0, jy0, vis[:, 0].max() - jx0, vis[:, 1].max() - jy0], dtype=np.float32)
+    else:
+        bbox = np.zeros(4, dtype=np.float32)
+    obj = _number_array(ann.get("bbox", [0, 0, 0, 0]))  # unusable box: taken from the keypoints
+    obj = np.zeros(0, np.float32) if obj is None else obj.astype(np.float32).reshape(-1)
+    if obj.shape != (4,) or not np.isfinite(obj).all() or max(obj[2], obj[3]) <= 0:
+        lab = kp[kp[:, 2] > 0]
+        obj = (
+            np.array([lab[:, 0].min(), lab[:, 1].min(), np.ptp(lab[:, 0]), np.ptp(lab[:, 1])], np.float32)
+            if len(lab) else np.zeros(4, np.float32)
+        )
+    side = float(max(obj[2], obj[3]) * crop_factor)
+    if side <= 0:
+        return None  # a single labelled point and no box: nothing to crop
+    return PoseRecord(
+        image_path=str(image_path),
+        keypoints=joints,
+        center=np.array([obj[0] + obj[2] / 2, obj[1] + obj[3] / 2], dtype=np.float32),
+        side=side,
+        bbox=bbox,
+        video=-1,
+        frame=int(ann["image_id"]),
+        species=str(cat.get("name", "")),
+        extra={"object_bbox": obj, "annotation_id": int(ann_id), "ann_file": str(ann_file),
+               "category_id": cat["id"], "joint_map": joint_map},
+    )
+
+
+def _report_skipped(ann_file: Path, bad: list[str], records: list) -> None:
+    """All annotations unusable: DataError; some: one warning with the count and the first."""
+    if bad and not records:
+        raise DataError(f"{ann_file}: all {len(bad)} annotations unusable, first: {bad[0]}")
+    if bad:
+        warnings.warn(
+            f"{ann_file}: skipped {len(bad)} annotation(s), first: {bad[0]} (strict=True makes this an error)",
+            stacklevel=3,
+        )
+
+
 def load_coco(
     ann_file: str | os.PathLike,
     image_root: str | os.PathLike,
@@ -225,26 +293,10 @@ def load_coco(
     ``ann_file``, ``category_id`` and ``joint_map`` (what OKS AP needs to score the record
     against its own file).
     """
-    from pycocotools.coco import COCO
-
     joint_map = joint_maps.resolve_joint_map(joint_map)
     ann_file, image_root = Path(ann_file).resolve(), Path(image_root).resolve()
     doc = _read_json(ann_file)
-    coco = COCO()
-    coco.dataset = doc
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        try:
-            coco.createIndex()
-        except KeyError as exc:
-            raise DataError(f"{ann_file}: malformed COCO structure (missing {exc}); expected COCO keypoints") from None
-        except TypeError as exc:
-            raise DataError(f"{ann_file}: malformed COCO structure ({exc}); expected COCO keypoints") from None
-
-    # COCO ids are integers; records carry them (frame = image id) and are sorted by annotation id
-    for kind, ids in (("annotation", coco.anns), ("image", coco.imgs)):
-        odd = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
-        if odd:
-            raise DataError(f"{ann_file}: {kind} id {odd[0]!r} is not an integer; expected COCO keypoints")
+    coco = _coco_index(ann_file, doc)
     cats = {c["id"]: c for c in doc["categories"] if isinstance(c, dict) and "id" in c}
     pairs = _file_joint_map(ann_file, cats, joint_map, num_joints)
     exists: dict[str, bool] = {}  # file_name -> is a file (several instances share an image)
@@ -288,42 +340,9 @@ def load_coco(
             bad.append(str(exc))
             continue
 
-        vis = joints[joints[:, 2] > 0]
-        if len(vis):
-            jx0, jy0 = vis[:, 0].min(), vis[:, 1].min()
-            bbox = np.array([jx0, jy0, vis[:, 0].max() - jx0, vis[:, 1].max() - jy0], dtype=np.float32)
-        else:
-            bbox = np.zeros(4, dtype=np.float32)
-        obj = _number_array(ann.get("bbox", [0, 0, 0, 0]))  # unusable box: taken from the keypoints
-        obj = np.zeros(0, np.float32) if obj is None else obj.astype(np.float32).reshape(-1)
-        if obj.shape != (4,) or not np.isfinite(obj).all() or max(obj[2], obj[3]) <= 0:
-            lab = kp[kp[:, 2] > 0]
-            obj = (
-                np.array([lab[:, 0].min(), lab[:, 1].min(), np.ptp(lab[:, 0]), np.ptp(lab[:, 1])], np.float32)
-                if len(lab) else np.zeros(4, np.float32)
-            )
-        side = float(max(obj[2], obj[3]) * crop_factor)
-        if side <= 0:
-            continue  # a single labelled point and no box: nothing to crop
-        records.append(
-            PoseRecord(
-                image_path=str(image_root / image["file_name"]),
-                keypoints=joints,
-                center=np.array([obj[0] + obj[2] / 2, obj[1] + obj[3] / 2], dtype=np.float32),
-                side=side,
-                bbox=bbox,
-                video=-1,
-                frame=int(ann["image_id"]),
-                species=str(cat.get("name", "")),
-                extra={"object_bbox": obj, "annotation_id": int(ann_id), "ann_file": str(ann_file),
-                       "category_id": cat["id"], "joint_map": joint_map},
-            )
-        )
-    if bad and not records:
-        raise DataError(f"{ann_file}: all {len(bad)} annotations unusable, first: {bad[0]}")
-    if bad:
-        warnings.warn(
-            f"{ann_file}: skipped {len(bad)} annotation(s), first: {bad[0]} (strict=True makes this an error)",
-            stacklevel=2,
-        )
+        record = _make_record(ann, ann_id, kp, joints, image_root / image["file_name"], cat, ann_file, joint_map,
+                              crop_factor)
+        if record is not None:
+            records.append(record)
+    _report_skipped(ann_file, bad, records)
     return records

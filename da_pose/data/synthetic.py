@@ -262,6 +262,19 @@ def synthetic_split(folder: str | os.PathLike, n: int, split: str, train_count: 
     return span, text
 
 
+def _species_images(root: Path, species: str) -> tuple[Path, list[str]]:
+    """The species folder and its ``*_img.png`` names, sorted (DataError when absent or empty)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: synthetic-animal root not found (expected a folder with <species>{FOLDER_SUFFIX}/)")
+    folder = species_folder(root, species)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: species folder not found (expected *{IMAGE_SUFFIX} + *{KPTS_SUFFIX} files)")
+    images = sorted(p for p in os.listdir(folder) if p.endswith(IMAGE_SUFFIX))
+    if not images:
+        raise DataError(f"{folder}: no *{IMAGE_SUFFIX} images")
+    return folder, images
+
+
 def load_synthetic(
     root: str | os.PathLike,
     species: str,
@@ -294,15 +307,7 @@ def load_synthetic(
         if vertex_ids is None
         else _check_vertex_ids(vertex_ids, f"species {species!r}")
     )
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: synthetic-animal root not found (expected a folder with <species>{FOLDER_SUFFIX}/)")
-    folder = species_folder(root, species)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: species folder not found (expected *{IMAGE_SUFFIX} + *{KPTS_SUFFIX} files)")
-    images = sorted(p for p in os.listdir(folder) if p.endswith(IMAGE_SUFFIX))
-    if not images:
-        raise DataError(f"{folder}: no *{IMAGE_SUFFIX} images")
+    folder, images = _species_images(Path(root), species)
     n = len(images)
     span, split_source = synthetic_split(folder, n, split, train_count, split_files)
 
