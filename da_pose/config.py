@@ -23,7 +23,10 @@ from da_pose.errors import ConfigError
 class DataConfig:
     """Where the data is and how a sample is cropped."""
 
-    root: str = "data/demo"  # a benchmark folder with manifest.json (or a dataset root)
+    root: str = "data/demo"  # a benchmark folder with manifest.json, or a dataset read as `format`
+    format: str = "manifest"  # manifest | tigdog | synthetic | coco | ap10k | animalpose (root: ROOT or ANN.json[@IMAGES])
+    joint_map: str = ""  # format coco: a built-in map name or a joint-map YAML file (datasets/README.md)
+    animal: str = ""  # tigdog / synthetic formats: the animal (horse, tiger, ...)
     source: str = "source"  # manifest domain used as the labelled source
     target: str = "target"  # manifest domain used as the (unlabelled) target
     other: str = "other"  # manifest domain of the other body plan (WS-CDA)
@@ -31,6 +34,8 @@ class DataConfig:
     heatmap_size: int = 64  # square heatmap side
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # RGB, 0-1
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    normalise: str = "imagenet"  # imagenet: (x - mean) / std | published: x - the mean of mean_file
+    mean_file: str = ""  # published: mean.pth.tar / mean_by_video.pth.tar, or the folder holding it
     workers: int = 0  # DataLoader worker processes
     cache: bool = True  # keep decoded crops in memory (small datasets)
     strict: bool = False  # a single unreadable sample is an error instead of a skip
@@ -380,6 +385,8 @@ def validate(cfg: Config) -> Config:
     choices = {
         "codec.decode": (cfg.codec.decode, ("quarter", "dark", "argmax")),
         "train.optimizer": (cfg.train.optimizer, ("rmsprop", "adam", "sgd")),
+        "data.normalise": (cfg.data.normalise, ("imagenet", "published")),
+        "data.format": (cfg.data.format, ("manifest", "tigdog", "synthetic", "coco", "ap10k", "animalpose")),
         "ccssl.confidence": (cfg.ccssl.confidence, ("max", "agreement")),
     }
     # The backbone is checked here, before a job opens its run folder and MLflow run; the

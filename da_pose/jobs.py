@@ -15,7 +15,8 @@ from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import JOINTS
 from da_pose.errors import ConfigError
 from da_pose.eval import report
-from da_pose.eval.evaluate import pck_metrics, predict
+from da_pose.eval.evaluate import predict
+from da_pose.eval.metrics import dataset_metrics
 from da_pose.eval.target import TargetTest, evaluate_split
 from da_pose.run import build, load_model, open_run
 from da_pose.tracking import MlflowTracker
@@ -73,7 +74,7 @@ def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord
     ds = make_dataset(cfg, records, codec, train=False)
     records = ds.records
     preds = predict(model, eval_loader(cfg, ds), codec, device, flip_test=cfg.codec.flip_test)
-    metrics = pck_metrics(preds.coords, records, preds.indices)
+    metrics = dataset_metrics(preds, records)  # PCK crop/bbox, legacy PCK, OKS AP (COCO-format sets)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = report.write_pck_tables({f"eval/{k}": v for k, v in metrics.items()}, out_dir, "eval/", title or "evaluate")
     report.write_json(out_dir / "metrics.json", metrics)
@@ -117,6 +118,9 @@ def config_from_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> C
 
     ckpt = checkpoint.load(path)
     text = ckpt.get("config") or ""
+    if not text and checkpoint.is_published(ckpt):
+        # a published checkpoint carries no config: the defaults with its model, then the user's values
+        return load_config(None, checkpoint.published_overrides(ckpt) + list(overrides) + ["resume=no"])
     if not text:
         raise ConfigError(f"{path} carries no config (a bare state dict?); evaluate and predict need a checkpoint "
                           "written by da-pose pretrain, finetune or adapt as --checkpoint")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from da_pose.config import Config
-from da_pose.data.loaders import make_codec
+from da_pose.data.loaders import input_normalisation, make_codec
 from da_pose.data.skeleton import JOINTS
 from da_pose.data.transforms import apply_affine, crop_affine, invert_affine
 from da_pose.errors import DaPoseError
@@ -65,8 +65,7 @@ def run_predict(checkpoint_path: str, cfg: Config, inputs: Sequence[str], out: P
     model = load_model(checkpoint_path, cfg, device).eval()
     codec = make_codec(cfg)
     size = cfg.data.input_size
-    mean = np.asarray(cfg.data.mean, np.float32)
-    std = np.asarray(cfg.data.std, np.float32)
+    mean, std = (np.asarray(v, np.float32) for v in input_normalisation(cfg))
     out.mkdir(parents=True, exist_ok=True)
     results = []
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []

@@ -17,6 +17,7 @@ from da_pose.config import Config
 from da_pose.data import manifest
 from da_pose.data.codec import HeatmapCodec
 from da_pose.data.dataset import PoseDataset
+from da_pose.data.normalise import normalisation
 from da_pose.data.records import PoseRecord
 from da_pose.errors import DaPoseError
 from da_pose.train import dist
@@ -31,17 +32,29 @@ def make_codec(cfg: Config) -> HeatmapCodec:
 
 
 def domain_records(cfg: Config, domain: str, split: str) -> list[PoseRecord]:
-    """Records of the manifest domain named by ``cfg.data.<domain>`` (source/target/other)."""
+    """Records of the manifest domain named by ``cfg.data.<domain>`` (source/target/other), or of
+    ``data.root`` read as ``data.format`` (a real dataset: its split ``split``)."""
     name = getattr(cfg.data, domain)
-    records = manifest.load_domain(cfg.data.root, name, split, strict=cfg.data.strict)
+    if cfg.data.format != "manifest":
+        spec = manifest.data_spec(cfg.data.root, cfg.data.format, name)
+        records = manifest.parse_data_spec(spec, animal=cfg.data.animal or None, split=split,
+                                           joint_map=cfg.data.joint_map or None, strict=cfg.data.strict)
+    else:
+        records = manifest.load_domain(cfg.data.root, name, split, strict=cfg.data.strict)
     if not records:
         raise DaPoseError(f"{cfg.data.root}: domain '{name}' split '{split}' has no samples")
     return records
 
 
+def input_normalisation(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` of ``(rgb / 255 - mean) / std`` for this config (``data.normalise``)."""
+    return normalisation(cfg.data.normalise, cfg.data.mean_file or None, cfg.data.mean, cfg.data.std)
+
+
 def make_dataset(cfg: Config, records: Sequence[PoseRecord], codec: HeatmapCodec, train: bool) -> PoseDataset:
+    mean, std = input_normalisation(cfg)
     ds = PoseDataset(list(records), codec, cfg.data.input_size, train=train, aug=cfg.aug if train else None,
-                     mean=cfg.data.mean, std=cfg.data.std, cache=cfg.data.cache, strict=cfg.data.strict)
+                     mean=mean, std=std, cache=cfg.data.cache, strict=cfg.data.strict)
     if cfg.data.cache:
         ds.prefetch(progress=False)
     return ds

@@ -92,9 +92,18 @@ def pck_table(metrics: Mapping[str, float], prefix: str, kind: str = "group") ->
     """One run's table: rows of (joint or group, PCK@0.05 crop, PCK@0.05 bbox) from the metrics
     ``{prefix}pck@0.05_<norm>/<name>``; the group table ends with ``mean``."""
     names = _row_names(kind, skeleton.JOINTS, skeleton.GROUPS) + (["mean"] if kind == "group" else [])
-    headers = [kind, "PCK@0.05 crop", "PCK@0.05 bbox"]
-    rows = [[n] + [_value(metrics, f"{prefix}pck@0.05_{norm}/{n}") for norm in ("crop", "bbox")] for n in names]
+    norms = ["crop", "bbox"] + (["legacy"] if any(k.startswith(f"{prefix}pck@0.05_legacy/") for k in metrics) else [])
+    headers = [kind] + [f"PCK@0.05 {norm}" for norm in norms]
+    rows = [[n] + [_value(metrics, f"{prefix}pck@0.05_{norm}/{n}") for norm in norms] for n in names]
+    if "legacy" in norms and kind == "group":  # the published headline: the mean over batches
+        rows.append(["batch mean (published)", math.nan, math.nan, _value(metrics, f"{prefix}pck@0.05_legacy/batch_mean")])
     return headers, rows
+
+
+def oks_table(metrics: Mapping[str, float], prefix: str) -> tuple[list[str], list[list]]:
+    """COCO keypoint AP/AR rows (``{prefix}oks/<stat>``, 0-1 scale); empty without OKS metrics."""
+    stats = [(k[len(prefix) + 4:], v) for k, v in metrics.items() if k.startswith(f"{prefix}oks/")]
+    return ["OKS", "value"], [[name, float(v)] for name, v in stats]
 
 
 def write_pck_tables(metrics: Mapping[str, float], out, prefix: str, title: str) -> str:
@@ -107,6 +116,11 @@ def write_pck_tables(metrics: Mapping[str, float], out, prefix: str, title: str)
         shown = markdown_table(headers, rows)
         _atomic_write(os.path.join(out, f"per_{kind}.md"), (shown + "\n").encode())
         write_csv(os.path.join(out, f"per_{kind}.csv"), headers, rows)
+    headers, rows = oks_table(metrics, prefix)
+    if rows:
+        shown += "\n\n" + markdown_table(headers, rows)
+        _atomic_write(os.path.join(out, "oks.md"), (markdown_table(headers, rows) + "\n").encode())
+        write_csv(os.path.join(out, "oks.csv"), headers, rows)
     named = {title: {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}}
     bar_chart(named, "pck@0.05_crop", os.path.join(out, "per_joint.png"), kind="joint", title=title)
     return shown
