@@ -166,20 +166,14 @@ def test_kill9_ccssl_resumes_to_the_uninterrupted_weights(tiny_benchmark, empty_
 
 
 CHILD = textwrap.dedent("""
-    import io, os, sys, time
+    import os, sys, time
     import torch
     from da_pose import checkpoint
 
     path, mode = sys.argv[1], sys.argv[2]
     checkpoint.save(path, {"model": {"w": torch.full((5000,), 1.0)}, "step": 1})
-    real_save, real_replace = torch.save, os.replace
-
-    def half_save(obj, f, *args, **kwargs):  # the process dies half way through the bytes
-        buf = io.BytesIO()
-        real_save(obj, buf)
-        data = buf.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
+    def half_written(fd):  # the process dies with half of the bytes on disk (before the rename)
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
         print("half", flush=True)
         time.sleep(120)
 
@@ -188,7 +182,7 @@ CHILD = textwrap.dedent("""
         time.sleep(120)
 
     if mode == "write":
-        torch.save = half_save
+        os.fsync = half_written
     else:
         os.replace = stalled_replace
     checkpoint.save(path, {"model": {"w": torch.full((5000,), 2.0)}, "step": 2})

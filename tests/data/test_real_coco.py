@@ -86,7 +86,7 @@ def test_real_files_load_on_the_right_body_parts(kind, path):
     again = manifest.parse_data_spec(f"coco:{path}", joint_map=kind, strict=True)
     assert [r.keypoints.tolist() for r in again] == [r.keypoints.tolist() for r in records]
     for rec in records:  # images beside the JSON (the fixture's layout: no images/ folder)
-        assert Path(rec.image_path).parent == path.parent and Path(rec.image_path).is_file()
+        assert Path(rec.image_path).parent == path.parent.resolve() and Path(rec.image_path).is_file()
 
 
 @needs_real
