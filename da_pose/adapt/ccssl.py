@@ -110,12 +110,33 @@ def aggregate(views: torch.Tensor, codec, confidence: str = "max") -> tuple[torc
 
 
 @torch.no_grad()
+def _skip_views(images_shape, cfg: CCSSLConfig, generator: torch.Generator, device) -> None:
+    """Advance ``generator`` exactly as :func:`predict_views` does for a batch of this shape,
+    without a model: the random draws depend on the shapes only, never on pixel values."""
+    b, c, s, _ = images_shape
+    t = cfg.num_transforms if (cfg.equivariance or cfg.invariance) else 0
+    if not t:
+        return
+    if cfg.equivariance:
+        random_geometric(t * b, generator, cfg.scale_sigma, cfg.scale_clamp, cfg.rotate_sigma, cfg.rotate_clamp,
+                         flip_prob=0.5 if cfg.flip else 0.0, size=s)
+    if cfg.invariance:
+        random_appearance(torch.zeros(t * b, c, s, s, device=device), generator)
+
+
 def generate_raw(model, dataset, codec, cfg: CCSSLConfig, device: torch.device, seed: int,
-                 indices: Sequence[int] | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 indices: Sequence[int] | None = None, progress: bool = True,
+                 shard: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched T_alpha/T_beta pseudo-labels for ``dataset`` (an eval-mode PoseDataset).
+
+    ``shard = (rank, world)``: this rank labels batches ``rank, rank + world, ...`` of the
+    single-process batching and advances the random generator over the others, so every image
+    gets the views it would get in one process (the union of the shards equals one process).
 
     Returns (indices (N,), keypoints (N, K, 2) original px, confidence (N, K)).
     """
+    if shard is not None:
+        return _generate_shard(model, dataset, codec, cfg, device, seed, shard, progress)
     from tqdm import tqdm
 
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
@@ -133,6 +154,44 @@ def generate_raw(model, dataset, codec, cfg: CCSSLConfig, device: torch.device, 
         xy, conf = aggregate(views, codec, cfg.confidence)
         back = invert_affine(batch["affine"].to(device, torch.float64))
         xy = apply_affine(back, xy.double())
+        out_idx.append(batch["index"].numpy())
+        out_xy.append(xy.float().cpu().numpy())
+        out_conf.append(conf.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out_idx), np.concatenate(out_xy), np.concatenate(out_conf)
+
+
+@torch.no_grad()
+def _generate_shard(model, dataset, codec, cfg: CCSSLConfig, device, seed: int, shard: tuple[int, int],
+                    progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rank, world = shard
+    n, bs = len(dataset), cfg.batch_size
+    starts = list(range(0, n, bs))
+    mine = [i for bi, start in enumerate(starts) if bi % world == rank for i in range(start, min(start + bs, n))]
+    k = codec.num_joints
+    if not mine:
+        return np.zeros(0, np.int64), np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
+    # my batches, in order, are exactly the single-process batches I own (only the last global
+    # batch can be short, and it is the last of mine when I own it)
+    loader = iter(DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=bs, shuffle=False, num_workers=0))
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed) % (2**31 - 1))
+    mean = torch.tensor(dataset.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = dataset.input_size
+    was_training = model.training
+    model.eval()
+    out_idx, out_xy, out_conf = [], [], []
+    for bi, start in enumerate(starts):
+        size = min(start + bs, n) - start
+        if bi % world != rank:
+            _skip_views((size, 3, s, s), cfg, gen, device)
+            continue
+        batch = next(loader)
+        images = batch["image"].to(device, non_blocking=True)
+        views, _ = predict_views(model, images, codec, cfg, mean, std, gen)
+        xy, conf = aggregate(views, codec, cfg.confidence)
+        xy = apply_affine(invert_affine(batch["affine"].to(device, torch.float64)), xy.double())
         out_idx.append(batch["index"].numpy())
         out_xy.append(xy.float().cpu().numpy())
         out_conf.append(conf.float().cpu().numpy())
@@ -218,11 +277,9 @@ def generate_pseudo_labels(model, dataset, records: Sequence[PoseRecord], codec,
     ``gather`` (DDP) shards the images across ranks: ``gather(local_result) -> list of all``.
     """
     n, k = len(records), codec.num_joints
-    indices = None
-    if gather is not None:
-        rank, world = gather.rank, gather.world_size
-        indices = list(range(rank, n, world))
-    idx, xy, conf = generate_raw(model, dataset, codec, cfg, device, seed * 1009 + round_index, indices, progress)
+    shard = (gather.rank, gather.world_size) if gather is not None else None
+    idx, xy, conf = generate_raw(model, dataset, codec, cfg, device, seed * 1009 + round_index, progress=progress,
+                                 shard=shard)
     if gather is not None:
         parts = gather((idx, xy, conf))
         idx = np.concatenate([p[0] for p in parts])
