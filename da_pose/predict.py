@@ -56,11 +56,12 @@ def _iter_frames(inputs: Sequence[str]):
 
 
 @torch.no_grad()
-def run_predict(checkpoint_path: str, cfg: Config, inputs: Sequence[str], out: Path, batch_size: int = 16) -> int:
+def run_predict(checkpoint_path: str, cfg: Config, inputs: Sequence[str], out: Path, batch_size: int | None = None) -> int:
     """Whole-frame predictions (the animal is assumed to fill the frame, as in a tracker's crop):
     skeleton overlays as PNG and all keypoints in ``predictions.json`` (original pixels)."""
     import cv2
 
+    batch_size = batch_size or cfg.train.eval_batch_size
     device = resolve_device(cfg.device)
     model = load_model(checkpoint_path, cfg, device).eval()
     codec = make_codec(cfg)

@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from da_pose.adapt.pseudo_labels import (PseudoLabels, curriculum_mask, keep_fraction, label_accuracy,  # noqa: F401
-                                       state_hash, threshold_mask)
+from da_pose.adapt.pseudo_labels import PseudoLabels, curriculum_mask, keep_fraction, threshold_mask
 from da_pose.adapt.method import AdaptJob, Method, register, variant
 from da_pose.adapt.pseudo_labels import pseudo_label_round
 from da_pose.config import CCSSLConfig

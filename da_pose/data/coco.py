@@ -21,7 +21,7 @@ import numpy as np
 
 from da_pose.fileio import write_bytes_atomic
 from da_pose.data import joint_maps
-from da_pose.data.records import PoseRecord
+from da_pose.data.records import PoseRecord, visible_box
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DataError
 
@@ -224,12 +224,7 @@ def _make_record(ann: dict, ann_id: int, kp: np.ndarray, joints: np.ndarray, ima
                  ann_file: Path, joint_map, crop_factor: float) -> PoseRecord | None:
     """The record of one annotation: the crop from its bbox (or its labelled keypoints), the
     tight box of the mapped joints; None when there is nothing to crop."""
-    vis = joints[joints[:, 2] > 0]
-    if len(vis):
-        jx0, jy0 = vis[:, 0].min(), vis[:, 1].min()
-        bbox = np.array([jx0, jy0, vis[:, 0].max() - jx0, vis[:, 1].max() - jy0], dtype=np.float32)
-    else:
-        bbox = np.zeros(4, dtype=np.float32)
+    bbox = visible_box(joints)
     obj = _number_array(ann.get("bbox", [0, 0, 0, 0]))  # unusable box: taken from the keypoints
     obj = np.zeros(0, np.float32) if obj is None else obj.astype(np.float32).reshape(-1)
     if obj.shape != (4,) or not np.isfinite(obj).all() or max(obj[2], obj[3]) <= 0:

@@ -24,7 +24,7 @@ from da_pose.train import dist
 from da_pose.train.trainer import epoch_seed
 
 # epoch offsets of the loader seeds of each role in a mixed batch (source / labelled animals: 0)
-ROLE_OFFSETS = {"source": 0, "animal": 0, "target": 100_000, "other": 200_000, "labelled": 300_000}
+ROLE_OFFSETS = {"source": 0, "animal": 0, "target": 100_000, "other": 200_000}
 
 
 def make_codec(cfg: Config) -> HeatmapCodec:

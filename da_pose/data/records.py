@@ -33,3 +33,16 @@ class PoseRecord:
     frame: int = -1
     species: str = ""
     extra: dict = field(default_factory=dict, compare=False)
+
+
+def visible_box(keypoints: np.ndarray) -> np.ndarray:
+    """The tight box ``(x0, y0, w, h)`` of the visible joints (zeros when none is visible).
+
+    Shape:
+        keypoints: (K, 3) x, y, visible -> (4,) float32
+    """
+    vis = keypoints[keypoints[:, 2] > 0]
+    if not len(vis):
+        return np.zeros(4, dtype=np.float32)
+    x0, y0 = vis[:, 0].min(), vis[:, 1].min()
+    return np.array([x0, y0, vis[:, 0].max() - x0, vis[:, 1].max() - y0], dtype=np.float32)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from da_pose.fileio import write_bytes_atomic
-from da_pose.data.records import PoseRecord
+from da_pose.data.records import PoseRecord, visible_box
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DataError
 
@@ -174,12 +174,7 @@ def synthetic_record(
     center = np.array([(x0 + x1) / 2, (y0 + y1) / 2], dtype=np.float32)
     side = float(max(x1 - x0, y1 - y0) * crop_factor)
     obj_box = np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.float32)
-    vis = joints[joints[:, 2] > 0]
-    if len(vis):
-        jx0, jy0 = vis[:, 0].min(), vis[:, 1].min()
-        bbox = np.array([jx0, jy0, vis[:, 0].max() - jx0, vis[:, 1].max() - jy0], dtype=np.float32)
-    else:
-        bbox = np.zeros(4, dtype=np.float32)
+    bbox = visible_box(joints)
     return joints, center, side, bbox, obj_box
 
 

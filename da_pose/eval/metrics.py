@@ -14,7 +14,7 @@ OKS AP on a mapped set. A prediction lives on the 18 TigDog joints; the dataset'
 the joint map carries nowhere cannot be predicted. They are scored as not labelled (v = 0) in the
 ground truth, so the AP is over the mapped keypoints, with the dataset's own OKS sigmas (the
 joint map's: AP-10K's published ones, the mmpose Animal-Pose ones, COCO's for people; a map file
-may give ``sigmas``). An 18-keypoint file read without a map uses ``pck.TIGDOG_SIGMAS``. Every
+may give ``sigmas``). An 18-keypoint file read without a map uses ``oks.TIGDOG_SIGMAS``. Every
 annotation of an image that has a record is in the ground truth (so another animal in the same
 image is a miss if not predicted); images without a record are left out. Categories are pooled
 (one ``animal`` category: one prediction per ground-truth box, as top-down evaluation does).
@@ -35,7 +35,7 @@ from da_pose.data import joint_maps
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import DataError
-from da_pose.eval import pck
+from da_pose.eval import oks, pck
 from da_pose.eval.evaluate import pck_metrics
 
 OKS_PREFIX = "oks"
@@ -65,7 +65,7 @@ def _sigmas_for(jm, k: int, where: str):
             return None, f"{jm.label} gives no OKS sigmas (add 'sigmas' to the map file)"
         return np.asarray(jm.sigmas, dtype=np.float64), ""
     if jm is None and k == NUM_JOINTS:
-        return pck.TIGDOG_SIGMAS, ""
+        return oks.TIGDOG_SIGMAS, ""
     return None, f"{where}: a joint map of bare index pairs has no OKS sigmas (use a named map or a map file)"
 
 
@@ -161,5 +161,5 @@ def coco_oks_metrics(coords, conf, records: Sequence[PoseRecord], indices=None) 
         pred[i, pairs[:, 0], 2] = conf[row, pairs[:, 1]]
         scores[i] = conf[row, pairs[:, 1]].mean() if len(pairs) else 0.0
         image_ids[i] = new_image[(rec.extra["ann_file"], int(rec.frame))]
-    stats = pck.oks_ap(pred, image_ids, 1, coco_gt, sigmas=sigmas, instance_scores=scores)
+    stats = oks.oks_ap(pred, image_ids, 1, coco_gt, sigmas=sigmas, instance_scores=scores)
     return {f"{OKS_PREFIX}/{key}": v for key, v in stats.items()}

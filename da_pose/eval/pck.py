@@ -31,7 +31,6 @@ import numpy as np
 
 from da_pose.data import skeleton
 from da_pose.errors import ConfigError
-from da_pose.eval.oks import OKS_STAT_NAMES, TIGDOG_SIGMAS, oks_ap  # noqa: F401  (OKS AP lives in eval/oks.py)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from da_pose.adapt.ccssl import (PseudoLabels, aggregate, curriculum_mask, keep_fraction, label_accuracy,
-                                 predict_views, temporal_refine, video_links)
+from da_pose.adapt.ccssl import aggregate, predict_views, temporal_refine, video_links
+from da_pose.adapt.pseudo_labels import PseudoLabels, curriculum_mask, keep_fraction, label_accuracy
 from da_pose.config import CCSSLConfig
 from da_pose.data.codec import HeatmapCodec
 from da_pose.data.records import PoseRecord

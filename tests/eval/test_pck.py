@@ -8,7 +8,7 @@ import pytest
 
 from da_pose.data import skeleton
 from da_pose.errors import ConfigError, DataError
-from da_pose.eval import pck
+from da_pose.eval import oks, pck
 
 JOINTS = ("a", "b", "c", "d")
 GROUPS = {"g1": (0, 1), "g2": (2, 3)}
@@ -328,7 +328,7 @@ def coco_case(tmp_path):
 
 def test_oks_ap_perfect_is_one_and_perturbed_is_less(coco_case):
     path, pred, image_ids = coco_case
-    perfect = pck.oks_ap(pred, image_ids, 1, path)
+    perfect = oks.oks_ap(pred, image_ids, 1, path)
     assert perfect["AP"] == pytest.approx(1.0)
     assert perfect["AP50"] == pytest.approx(1.0) and perfect["AR"] == pytest.approx(1.0)
 
@@ -336,22 +336,22 @@ def test_oks_ap_perfect_is_one_and_perturbed_is_less(coco_case):
 
     noisy = pred.copy()
     noisy[..., :2] += np.random.default_rng(0).normal(0, 12, noisy[..., :2].shape)
-    worse = pck.oks_ap(noisy, image_ids, 1, COCO(str(path)))  # a COCO object works too
+    worse = oks.oks_ap(noisy, image_ids, 1, COCO(str(path)))  # a COCO object works too
     assert 0.0 <= worse["AP"] < 1.0
     # Wider sigmas forgive the same error more.
-    wider = pck.oks_ap(noisy, image_ids, 1, path, sigmas=pck.TIGDOG_SIGMAS * 4)
+    wider = oks.oks_ap(noisy, image_ids, 1, path, sigmas=oks.TIGDOG_SIGMAS * 4)
     assert wider["AP"] >= worse["AP"] and wider["AR"] > worse["AR"]
 
 
 def test_oks_ap_errors(coco_case, tmp_path):
     path, pred, image_ids = coco_case
     with pytest.raises(DataError, match="not found"):
-        pck.oks_ap(pred, image_ids, 1, tmp_path / "missing.json")
+        oks.oks_ap(pred, image_ids, 1, tmp_path / "missing.json")
     with pytest.raises(DataError, match="keypoints"):
-        pck.oks_ap(pred[:, :17], image_ids, 1, path)
+        oks.oks_ap(pred[:, :17], image_ids, 1, path)
     with pytest.raises(DataError, match="image ids"):
-        pck.oks_ap(pred, image_ids + 10, 1, path)
+        oks.oks_ap(pred, image_ids + 10, 1, path)
     with pytest.raises(DataError, match="category"):
-        pck.oks_ap(pred, image_ids, 7, path)
+        oks.oks_ap(pred, image_ids, 7, path)
     with pytest.raises(ConfigError, match="sigmas"):
-        pck.oks_ap(pred, image_ids, 1, path, sigmas=np.ones(17))
+        oks.oks_ap(pred, image_ids, 1, path, sigmas=np.ones(17))
