@@ -98,6 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (and always at the end)
     log_every: int = 20  # steps between metric logs
     eval_batch_size: int = 32  # images per batch when evaluating (any split) and predicting
+    selection: str = "last"  # the checkpoint reported: last | source_val | target_val (best epoch; never target test)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class Config:
     out_dir: str = "runs"
     tracking_uri: str = "sqlite:///mlruns.db"
     resume: str = "no"  # no | auto | PATH
+    settings: str = "defaults"  # where this config's hyperparameters were chosen: defaults | source_val | target_val
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -388,6 +390,8 @@ def validate(cfg: Config) -> Config:
         "data.normalise": (cfg.data.normalise, ("imagenet", "published")),
         "data.format": (cfg.data.format, ("manifest", "tigdog", "synthetic", "coco", "ap10k", "animalpose")),
         "ccssl.confidence": (cfg.ccssl.confidence, ("max", "agreement")),
+        "train.selection": (cfg.train.selection, ("last", "source_val", "target_val")),
+        "settings": (cfg.settings, ("defaults", "source_val", "target_val")),
     }
     # The backbone is checked here, before a job opens its run folder and MLflow run; the
     # factory's dict of constructors is the one list of names (imported late: it imports torch).

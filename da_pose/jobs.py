@@ -42,17 +42,24 @@ def run_supervised(cfg: Config, command: str, domain: str, train_split: str, val
         train_ds = make_dataset(cfg, domain_records(cfg, domain, train_split), codec, train=True)
         batches = lambda epoch: make_loader(cfg, train_ds, cfg.train.batch_size, shuffle=True, epoch=epoch,  # noqa: E731
                                             info=ctx.dist, drop_last=True)
-        evaluate_fn, select = None, None
+        target = TargetTest.load(ctx, codec)
+        source_val = None
         if val_split is not None:
             val_ds = make_dataset(cfg, domain_records(cfg, domain, val_split), codec, train=False)
-            evaluate_fn = lambda m: evaluate_split(m, loader=eval_loader(cfg, val_ds), records=val_ds.records,  # noqa: E731
-                                                   codec=codec, ctx=ctx, prefix="source_val/")
-            select = SELECT_KEY
+            source_val = lambda m: evaluate_split(m, loader=eval_loader(cfg, val_ds), records=val_ds.records,  # noqa: E731
+                                                  codec=codec, ctx=ctx, prefix="source_val/")
+        elif cfg.train.selection == "source_val":
+            raise ConfigError(f"{command}: train.selection=source_val, but {command} has no source val split")
+        # epoch ends: source val and target val (cheap); the target test only in the final report
+        parts = [f for f in (source_val, target.val.evaluator() if target.val else None) if f is not None]
+        evaluate_fn = (lambda m: {k: v for f in parts for k, v in f(m).items()}) if parts else None
+        # pretraining keeps best.pt by source val even when it reports the last checkpoint
+        select = target.select_key() or (SELECT_KEY if source_val else None)
         trainer.fit(supervised_step, batches, cfg.train.epochs, evaluate=evaluate_fn, select=select)
         if ctx.is_main:
-            ctx.tracker.set_tags({"selection": f"best.pt by {select} (reported: last.pt)" if select else "last.pt"})
-            test = TargetTest.load(ctx, codec)
-            return test.report(model, trainer.step, f"{cfg.name}: target test, last checkpoint")
+            selection = target.restore_selected(model, trainer)
+            ctx.tracker.set_tags({"selection": selection, "settings": cfg.settings})
+            return target.report(model, trainer.step, f"{cfg.name}: target test, checkpoint: {selection}")
         return {}
 
 

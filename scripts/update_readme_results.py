@@ -14,7 +14,9 @@ import re
 import sys
 from pathlib import Path
 
-from da_pose.eval.compare import collect_runs, compare_markdown, summarize_runs
+import tempfile
+
+from da_pose.eval.compare import compare_markdown, summarize_experiment
 
 REPRODUCE = {
     "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "
@@ -29,9 +31,10 @@ REPRODUCE = {
 }
 
 
-def render(experiment: str, tracking_uri: str, block: str) -> str:
-    done, other = collect_runs(experiment, tracking_uri)
-    text = compare_markdown(experiment, summarize_runs(done), other)
+def render(experiment: str, tracking_uri: str, block: str, reference: str = "plain_pl", by: str | None = None) -> str:
+    with tempfile.TemporaryDirectory() as cache:
+        rows, other = summarize_experiment(experiment, tracking_uri, Path(cache), reference=reference)
+    text = compare_markdown(experiment, rows, other, reference, by)
     return text + "\n" + REPRODUCE.get(block, "") + "\n"
 
 
@@ -49,10 +52,12 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--block", default="demo")
     ap.add_argument("--check", action="store_true", help="exit 1 when the README block differs")
+    ap.add_argument("--reference", default="plain_pl", help="the method every other is paired against")
+    ap.add_argument("--by", choices=["shift"], default=None, help="one table per shift and a gap summary")
     args = ap.parse_args(argv)
     path = Path(args.readme)
     old = path.read_text()
-    new = replace_block(old, args.block, render(args.experiment, args.tracking_uri, args.block))
+    new = replace_block(old, args.block, render(args.experiment, args.tracking_uri, args.block, args.reference, args.by))
     if args.check:
         if new != old:
             print(f"{path}: results block '{args.block}' is out of date", file=sys.stderr)

@@ -57,7 +57,8 @@ def test_markdown_table_and_files(store, capsys):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| method"))
     assert header.split("|")[1:4] == [" method ", " backbone ", " runs "]
-    cc = next(line for line in lines if line.startswith("| ccssl"))
+    group_lines = lines[lines.index("Per joint group (mean ± std over seeds):"):]
+    cc = next(line for line in group_lines if line.startswith("| ccssl"))
     assert "| 53.0 ± 2.8 |" in cc  # eye = mean + 1, std of (51, 55)
     assert cc.rstrip().endswith("| 50 % |")
     assert "ws-broken (wscda, hourglass, seed 0): FAILED" in text
@@ -90,3 +91,83 @@ def test_missing_experiment_is_a_clear_error(store):
 
     with pytest.raises(DaPoseError, match="no MLflow experiment 'nope'"):
         jobs.collect_runs("nope", uri)
+
+
+# ------------------------------------------------------------------------ paired intervals
+
+
+def log_per_image_run(uri, tmp, name, method, seed, hits, counted, ids, shift=""):
+    from da_pose.eval.target import write_per_image
+
+    tags = {"method": method, "backbone": "hourglass", "seed": str(seed), "selection": "last"}
+    if shift:
+        tags["shift"] = shift
+    tr = MlflowTracker(uri, "paired", name, tags=tags)
+    from da_pose.eval import stats
+
+    tr.log_metrics({"target_test/pck@0.05_crop/mean": float(stats.mean_pck(hits, counted))}, step=1)
+    tr.log_artifact(write_per_image(tmp / name / "per_image.npz", {"hits": hits, "counted": counted, "ids": ids}),
+                    "eval")
+    tr.end("FINISHED")
+
+
+@pytest.fixture(scope="module")
+def paired_store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("paired")
+    uri = f"sqlite:///{d}/mlruns.db"
+    rng = np.random.default_rng(0)
+    n, k = 60, 18
+    ids = np.array([f"1:{i:03d}" for i in range(n)])  # id order = row order (compare sorts by id)
+    counted = rng.random((n, k)) < 0.8
+    runs = {}
+    for seed in range(3):
+        base = (rng.random((n, k)) < 0.4) & counted
+        better = base | ((rng.random((n, k)) < 0.4) & counted)
+        best = better | ((rng.random((n, k)) < 0.5) & counted)
+        for method, hits in (("source_only", base), ("plain_pl", better), ("oracle", best)):
+            # the plain_pl run stores its images in another order: compare must align them by id
+            perm = rng.permutation(n) if method == "plain_pl" else np.arange(n)
+            log_per_image_run(uri, d, f"{method}_s{seed}", method, seed, hits[perm], counted[perm], ids[perm])
+            runs[method, seed] = (hits, counted)
+    return d, uri, runs
+
+
+def test_paired_intervals_equal_a_direct_computation(paired_store):
+    from da_pose.eval import stats
+
+    d, uri, runs = paired_store
+    rows, _ = jobs.summarize_experiment("paired", uri, d / "cache", draws=300)
+    row = {r["method"]: r for r in rows}["plain_pl"]
+    groups = {m: [runs[m, s] for s in range(3)] for m in ("plain_pl", "source_only", "oracle")}
+    samples = stats.seed_image_bootstrap(groups, draws=300, seed=0)
+    point = {m: np.mean([stats.mean_pck(*runs[m, s]) for s in range(3)]) for m in groups}
+    lo, hi = stats.percentile_interval(samples["plain_pl"] - samples["source_only"])
+    vs = row["paired"]["vs_source"]
+    assert vs["est"] == pytest.approx(point["plain_pl"] - point["source_only"])
+    assert (vs["lo"], vs["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert vs["excludes_zero"] and vs["seeds"] == 3
+    # gap recovered uses its own draw over the three methods
+    s3 = stats.seed_image_bootstrap({m: groups[m] for m in ("plain_pl", "source_only", "oracle")}, draws=300)
+    ratio = (s3["plain_pl"] - s3["source_only"]) / (s3["oracle"] - s3["source_only"])
+    gap = row["paired"]["gap"]
+    assert (gap["lo"], gap["hi"]) == (pytest.approx(np.quantile(ratio, 0.025)), pytest.approx(np.quantile(ratio, 0.975)))
+    assert gap["est"] == pytest.approx((point["plain_pl"] - point["source_only"]) / (point["oracle"] - point["source_only"]))
+    assert row["paired"]["vs_reference"] is None  # plain_pl is the reference itself
+
+
+def test_paired_table_columns_and_a_run_without_per_image_results(paired_store, tmp_path):
+    d, uri, _ = paired_store
+    text = jobs.run_compare("paired", uri, tmp_path / "out", log=False, draws=200)
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert "Δ source_only [95 % CI]" in header and "Δ plain_pl [95 % CI]" in header and "gap recovered" in header
+    orc = next(line for line in text.splitlines() if line.startswith("| oracle"))
+    cells = [c.strip() for c in orc.split("|")[1:-1]]
+    assert cells[3] == "last" and cells[6] == "yes" and cells[8] == "yes"  # oracle separates from both
+    # the older store's runs carry no per-image results: their paired cells are "-", not an error
+    old_d = d / "old"
+    old_d.mkdir(exist_ok=True)
+    uri_old = f"sqlite:///{old_d}/mlruns.db"
+    log_run(uri_old, "src0", "source_only", 0, 40.0)
+    log_run(uri_old, "cc0", "ccssl", 0, 50.0)
+    rows, _ = jobs.summarize_experiment("cmp", uri_old, old_d / "cache", draws=100)
+    assert {r["method"]: r["paired"]["vs_source"] for r in rows}["ccssl"] is None

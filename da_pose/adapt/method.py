@@ -226,6 +226,9 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
     """Run ``method`` from ``cfg.init``: data, modules, rounds, target-test report, MLflow."""
     method = get_method(method) if isinstance(method, str) else method
     cfg = method_config(cfg, method)
+    if cfg.train.selection == "source_val":
+        raise ConfigError(f"adapt {method.name}: train.selection=source_val is for pretraining; adaptation selects "
+                          "on target_val or reports the last checkpoint")
     with open_run(cfg, f"adapt {method.name}") as ctx:
         if not cfg.init and ctx.resume_from is None:
             raise ConfigError(f"adapt {method.name} starts from a pretrained checkpoint: pass --set init=PATH")
@@ -236,7 +239,8 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
         job.model, job.trainer = build(cfg, ctx, extra_modules=job.modules, state_modules=job.state_modules)
         if method.on_build is not None:
             method.on_build(job)
-        ctx.tracker.set_tags({"selection": "last", **(method.tags(job) if method.tags else {})})
+        ctx.tracker.set_tags({"selection": cfg.train.selection, "settings": cfg.settings,
+                              **(method.tags(job) if method.tags else {})})
         callbacks = list(method.callbacks(job)) if method.callbacks else []
         plan_round = method.plan_round or default_plan
         trainer, start = job.trainer, 0
@@ -246,10 +250,11 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
             if trainer.epoch < end:
                 plan = plan_round(job, r)
                 trainer.round = r
-                trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(), select=None,
+                trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(), select=job.test.select_key(),
                             desc=plan.desc, callbacks=callbacks + list(plan.callbacks))
             start = end
         if not ctx.is_main:
             return {}
-        title = f"{cfg.name}: target test after {method.summary}"
+        selection = job.test.restore_selected(job.model, trainer)
+        title = f"{cfg.name}: target test after {method.summary} (checkpoint: {selection})"
         return job.test.report(job.model, trainer.step, title)

@@ -258,13 +258,19 @@ def synthetic_split(folder: str | os.PathLike, n: int, split: str, train_count: 
 
 
 def _species_images(root: Path, species: str) -> tuple[Path, list[str]]:
-    """The species folder and its ``*_img.png`` names, sorted (DataError when absent or empty)."""
+    """The species folder and its ``*_img.png`` names, hidden ones left out, sorted by name (the
+    published listing, which the split files index); DataError when absent or empty."""
     if not root.is_dir():
         raise DataError(f"{root}: synthetic-animal root not found (expected a folder with <species>{FOLDER_SUFFIX}/)")
     folder = species_folder(root, species)
     if not folder.is_dir():
         raise DataError(f"{folder}: species folder not found (expected *{IMAGE_SUFFIX} + *{KPTS_SUFFIX} files)")
-    images = sorted(p for p in os.listdir(folder) if p.endswith(IMAGE_SUFFIX))
+    # The published split files index this listing: CC-SSL lists the folder with glob '*img.png'
+    # and sorts the paths (JitengMu/Learning-from-Synthetic-Animals @24288a5,
+    # pose/datasets/synthetic_animal.py L43-44, synthetic_animal_sp.py L49-50). A glob '*' skips
+    # hidden names, so '.'-names (macOS '._X_img.png' copies) are left out here too: listed,
+    # they would sort first and shift every published position.
+    images = sorted(p for p in os.listdir(folder) if p.endswith(IMAGE_SUFFIX) and not p.startswith("."))
     if not images:
         raise DataError(f"{folder}: no *{IMAGE_SUFFIX} images")
     return folder, images

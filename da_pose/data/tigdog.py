@@ -30,6 +30,7 @@ import scipy.io
 from da_pose.fileio import write_bytes_atomic
 from da_pose.data.records import PoseRecord
 from da_pose.data.skeleton import tigdog_landmark_index
+from da_pose.data.splits import VAL_FRACTION, split_by_video, split_positions, val_shots
 from da_pose.errors import ConfigError, DataError
 
 NUM_LANDMARKS = 19  # per frame in the files; the model keeps the first 18 (FACTS section 2)
@@ -305,104 +306,6 @@ def _scan(
     return records, bad, position
 
 
-# ----------------------------------------------------------------------------------- splits
-#
-# A "position" is the published split files' numbering: the index of a frame in the list of
-# all frames of the shots that have a landmarks file, in load order, BEFORE the visibility
-# filter. The published files hold only positions of frames that pass the filter (horse:
-# 10,152 positions, the largest 13,409). A loaded record carries its position in
-# ``record.extra["position"]``.
-
-
-def split_by_video(records_or_videos, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions by shot: every shot lies wholly on one side.
-
-    The shots are shuffled with ``seed`` and the first ``round(test_fraction * n_shots)`` (at
-    least one when there are two or more shots and the fraction is positive, never all) go to
-    test. Given PoseRecords, returns their positions (``extra["position"]``, else the list
-    index), ready for :func:`write_split_files`; given an array of video ids, returns indices
-    into it.
-
-    Shape:
-        returns: train positions (N_train,), test positions (N_test,), sorted int64.
-    """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ConfigError(f"test_fraction {test_fraction}: expected a value in [0, 1)")
-    items = list(records_or_videos)
-    videos = np.asarray([r.video if isinstance(r, PoseRecord) else int(r) for r in items], dtype=np.int64)
-    positions = np.asarray(
-        [r.extra.get("position", i) if isinstance(r, PoseRecord) else i for i, r in enumerate(items)],
-        dtype=np.int64,
-    )
-    shots = np.unique(videos)
-    n_test = int(round(test_fraction * len(shots)))
-    if test_fraction > 0 and len(shots) >= 2:
-        n_test = min(max(n_test, 1), len(shots) - 1)
-    rng = np.random.default_rng(seed)
-    test_shots = rng.permutation(shots)[:n_test]
-    is_test = np.isin(videos, test_shots)
-    return np.sort(positions[~is_test]), np.sort(positions[is_test])
-
-
-def read_split_file(path: str | os.PathLike, length: int) -> np.ndarray:
-    """Read a ``*_idxs_by_video.npy``: positions into a numbering of ``length`` frames.
-
-    DataError if unreadable, not a 1-D integer array, or any position is out of range.
-
-    Shape:
-        returns: (M,) sorted unique int64.
-    """
-    path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found (expected a 1-D int64 .npy of positions)") from None
-    except Exception as exc:  # a malformed header raises ValueError, EOFError, tokenize errors, ...
-        raise DataError(f"{path}: unreadable split file ({exc}); expected a 1-D int64 .npy") from None
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{path}: split of shape {arr.shape} ({arr.dtype}); expected 1-D integers")
-    if len(arr) and (arr.min() < 0 or arr.max() >= length):
-        raise DataError(
-            f"{path}: position {int(arr.max() if arr.max() >= length else arr.min())} out of range for "
-            f"{length} frames (the file must belong to this animal's ranges and landmarks)"
-        )
-    return np.unique(arr.astype(np.int64))
-
-
-def split_positions(
-    length: int,
-    split: str,
-    split_file: str | os.PathLike | None = None,
-    split_files: dict | None = None,
-) -> np.ndarray:
-    """Positions of ``split`` ('train' | 'test' | 'all') from published split files.
-
-    ``split_file`` is a train file (``train_idxs_by_video.npy``); test is its complement.
-    ``split_files`` = ``{"train": path, "test": path}`` names each side (either may be
-    missing: its side is then the other's complement); when both are given they must not
-    overlap. ``length`` is the numbering's length (:func:`count_positions`).
-    """
-    if split == "all":
-        return np.arange(length, dtype=np.int64)
-    if split_file is not None and split_files:
-        raise ConfigError("pass split_file or split_files, not both")
-    files = {"train": split_file} if split_file is not None else dict(split_files or {})
-    unknown = set(files) - {"train", "test"}
-    if unknown or not files:
-        raise ConfigError(f"split_files keys {sorted(files)}: expected 'train' and/or 'test'")
-    sides = {name: read_split_file(p, length) for name, p in files.items()}
-    if len(sides) == 2:
-        overlap = np.intersect1d(sides["train"], sides["test"])
-        if len(overlap):
-            raise DataError(
-                f"{files['test']}: {len(overlap)} positions also in {files['train']} (train and test must not overlap)"
-            )
-    if split in sides:
-        return sides[split]
-    other = sides["test" if split == "train" else "train"]
-    return np.setdiff1d(np.arange(length, dtype=np.int64), other)
-
-
 def load_tigdog(
     root: str | os.PathLike,
     animal: str,
@@ -414,6 +317,7 @@ def load_tigdog(
     min_visible: int = 10,
     crop_factor: float = 1.5,
     strict: bool = False,
+    val_fraction: float = VAL_FRACTION,
 ) -> list[PoseRecord]:
     """Load one animal of ``behaviorDiscovery2.0`` as PoseRecords (original pixels).
 
@@ -424,12 +328,13 @@ def load_tigdog(
     :func:`split_by_video` with ``seed`` and ``test_fraction``. A split-file position whose
     frame was dropped (filter, unreadable shot) is left out with a warning. Frames whose jpg
     is missing are left out last, with a warning. A bad shot file is skipped with a warning;
-    with ``strict`` every such case is a DataError.
+    with ``strict`` every such case is a DataError. ``val``: a seeded ``val_fraction`` of the
+    train shots (:func:`val_shots`), removed from ``train`` (0: the published train, whole).
     ``record.video`` = shot id, ``record.frame`` = global frame number,
     ``record.extra["position"]`` = position in the published numbering.
     """
-    if split not in ("train", "test", "all"):
-        raise ConfigError(f"tigdog split {split!r}: expected 'train', 'test' or 'all'")
+    if split not in ("train", "val", "test", "all"):
+        raise ConfigError(f"tigdog split {split!r}: expected 'train', 'val', 'test' or 'all'")
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root}: TigDog root not found (expected behaviorDiscovery2.0 with ranges/, landmarks/)")
@@ -442,18 +347,20 @@ def load_tigdog(
             "(strict=True makes this an error)",
             stacklevel=2,
         )
+    # val is carved out of train: select train first, then split it by shot
+    side = "train" if split == "val" else split
     if split == "all":
         selected = records
     elif split_file is not None or split_files:
-        wanted = split_positions(length, split, split_file, split_files)
+        wanted = split_positions(length, side, split_file, split_files)
         by_position = {r.extra["position"]: r for r in records}
         selected = [by_position[p] for p in wanted.tolist() if p in by_position]
         dropped = len(wanted) - len(selected)
         # The complement of a train file naturally holds filtered-out frames; only positions
         # read from a file must all exist.
-        explicit = split == "train" if split_file is not None else split in (split_files or {})
+        explicit = side == "train" if split_file is not None else side in (split_files or {})
         if dropped and explicit:
-            source = split_file if split_file is not None else split_files[split]
+            source = split_file if split_file is not None else split_files[side]
             message = (
                 f"{source}: {dropped} of {len(wanted)} positions point at frames dropped by the "
                 f"visibility filter (min_visible={min_visible}) or an unreadable shot"
@@ -463,8 +370,11 @@ def load_tigdog(
             warnings.warn(message, stacklevel=2)
     else:
         train, test = split_by_video(records, test_fraction, seed)
-        wanted = set((train if split == "train" else test).tolist())
+        wanted = set((train if side == "train" else test).tolist())
         selected = [r for r in records if r.extra["position"] in wanted]
+    if side == "train" and split != "all":
+        held = set(val_shots([r.video for r in selected], val_fraction).tolist())
+        selected = [r for r in selected if (r.video in held) == (split == "val")]
 
     image_dir = root / animal
     present = set(os.listdir(image_dir)) if image_dir.is_dir() else set()

@@ -10,7 +10,8 @@ import numpy as np
 
 from da_pose.data.skeleton import GROUPS, JOINTS
 from da_pose.errors import DaPoseError
-from da_pose.eval import report
+from da_pose.eval import report, stats
+from da_pose.eval.target import read_per_image
 from da_pose.tracking import MlflowTracker, check_reachable, metric_name
 
 
@@ -47,7 +48,9 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
                    if metric_name(k).startswith(prefix)}
         item = {"run_id": run.info.run_id, "name": tags.get("mlflow.runName", run.info.run_name),
                 "method": tags.get("method", "?"), "backbone": tags.get("backbone", "?"),
-                "seed": tags.get("seed", "?"), "status": run.info.status, "metrics": metrics}
+                "seed": tags.get("seed", "?"), "shift": tags.get("shift", ""),
+                "selection": tags.get("selection", "last"), "settings": tags.get("settings", "defaults"),
+                "status": run.info.status, "metrics": metrics}
         if run.info.status == "FINISHED" and "pck@0.05_crop/mean" in metrics:
             done.append(item)
         else:
@@ -56,32 +59,150 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
-    """Group runs by (method, backbone): per metric mean, std (over seeds, ddof=1) and count.
+    """Group runs by (method, backbone, shift): per metric mean, std (over seeds, ddof=1), count.
 
     Adds ``gap_recovered`` = (method - source_only) / (oracle - source_only) on the mean PCK where
-    both references exist for the backbone.
+    both references exist for the backbone and shift. Each row keeps its ``runs``.
     """
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["method"], r["backbone"]), []).append(r)
+        groups.setdefault((r["method"], r["backbone"], r.get("shift", "")), []).append(r)
     order = {m: i for i, m in enumerate(method_order())}
     rows = []
-    for (method, backbone), items in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 50), kv[0][0])):
+    for (method, backbone, shift), items in sorted(
+            groups.items(), key=lambda kv: (kv[0][2], kv[0][1], order.get(kv[0][0], 50), kv[0][0])):
         keys = sorted({k for r in items for k in r["metrics"]})
         mean, std = {}, {}
         for k in keys:
             vals = np.array([r["metrics"][k] for r in items if k in r["metrics"]], dtype=np.float64)
             mean[k] = float(vals.mean())
             std[k] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-        rows.append({"method": method, "backbone": backbone, "n": len(items), "mean": mean, "std": std,
-                     "seeds": sorted(r["seed"] for r in items)})
+        rows.append({"method": method, "backbone": backbone, "shift": shift, "n": len(items), "mean": mean,
+                     "std": std, "seeds": sorted(r["seed"] for r in items), "runs": items,
+                     "selection": "/".join(sorted({r.get("selection", "last") for r in items}))})
     key = "pck@0.05_crop/mean"
     for row in rows:
-        ref = {r["method"]: r["mean"].get(key) for r in rows if r["backbone"] == row["backbone"]}
+        ref = {r["method"]: r["mean"].get(key) for r in rows
+               if r["backbone"] == row["backbone"] and r["shift"] == row["shift"]}
         src, orc = ref.get("source_only"), ref.get("oracle")
         row["gap_recovered"] = (float((row["mean"][key] - src) / (orc - src))
                                 if src is not None and orc is not None and orc != src else float("nan"))
     return rows
+
+
+# ------------------------------------------------------------------------------ paired intervals
+
+
+def fetch_per_image(run: dict, tracking_uri: str, cache: Path) -> dict | None:
+    """A run's ``eval/per_image.npz`` (downloaded once into ``cache/<run_id>/``), or None for a
+    run logged before per-image results existed."""
+    path = cache / run["run_id"] / "per_image.npz"
+    if not path.is_file():
+        import mlflow.artifacts
+
+        try:
+            got = mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="eval/per_image.npz",
+                                                      dst_path=str(cache / run["run_id"]), tracking_uri=tracking_uri)
+        except Exception:  # noqa: BLE001  (no such artifact: an older run)
+            return None
+        path = Path(got)
+    return read_per_image(path)
+
+
+def aligned_groups(rows: list[dict], fetch) -> dict[str, list[tuple[np.ndarray, np.ndarray]]] | None:
+    """Per row (keyed by method), one ``(hits, counted)`` per seed that every row has, over the
+    test images that every run has, in one order; None when a run lacks per-image results or
+    the rows share no seed."""
+    seeds = sorted(set.intersection(*[{r["seed"] for r in row["runs"]} for row in rows]))
+    if not seeds:
+        return None
+    results = {}
+    for row in rows:
+        by_seed = {r["seed"]: r for r in row["runs"]}
+        for seed in seeds:
+            res = fetch(by_seed[seed])
+            if res is None:
+                return None
+            results[row["method"], seed] = res
+    common = set.intersection(*[set(res["ids"].tolist()) for res in results.values()])
+    if not common:
+        return None
+    order = sorted(common)
+    groups: dict[str, list] = {}
+    for (method, _), res in results.items():
+        index = {name: i for i, name in enumerate(res["ids"].tolist())}
+        rows_ = np.array([index[name] for name in order])
+        groups.setdefault(method, []).append((res["hits"][rows_], res["counted"][rows_]))
+    return groups
+
+
+def _point(groups, name) -> float:
+    return float(np.mean([stats.mean_pck(h, c) for h, c in groups[name]]))
+
+
+def paired_interval(row: dict, ref: dict, fetch, draws: int = stats.DRAWS, seed: int = 0) -> dict | None:
+    """``row - ref`` in mean PCK points, paired by seed and image, with its bootstrap interval."""
+    groups = aligned_groups([row, ref], fetch)
+    if groups is None:
+        return None
+    samples = stats.seed_image_bootstrap(groups, draws, seed)
+    m, r = row["method"], ref["method"]
+    return stats.interval(_point(groups, m) - _point(groups, r), samples[m] - samples[r]) | {"seeds": len(groups[m])}
+
+
+def gap_interval(row: dict, src: dict, orc: dict, fetch, draws: int = stats.DRAWS, seed: int = 0) -> dict | None:
+    """Gap recovered ``(row - source_only) / (oracle - source_only)`` with its paired interval."""
+    groups = aligned_groups([row, src, orc], fetch)
+    if groups is None:
+        return None
+    samples = stats.seed_image_bootstrap(groups, draws, seed)
+    m, s, o = row["method"], src["method"], orc["method"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (samples[m] - samples[s]) / (samples[o] - samples[s])
+    est = (_point(groups, m) - _point(groups, s)) / (_point(groups, o) - _point(groups, s))
+    return stats.interval(est, ratio)
+
+
+def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int = stats.DRAWS) -> None:
+    """``row["paired"]``: vs source_only, vs ``reference`` and gap recovered, each an interval
+    dict or None (no reference row, no common seed, or no per-image results)."""
+    by_key = {(r["method"], r["backbone"], r["shift"]): r for r in rows}
+    for row in rows:
+        key = lambda m: by_key.get((m, row["backbone"], row["shift"]))  # noqa: E731
+        src, ref, orc = key("source_only"), key(reference), key("oracle")
+        row["paired"] = {
+            "vs_source": paired_interval(row, src, fetch, draws) if src and src is not row else None,
+            "vs_reference": paired_interval(row, ref, fetch, draws) if ref and ref is not row else None,
+            "gap": gap_interval(row, src, orc, fetch, draws) if src and orc and row is not src else None,
+        }
+
+
+def _cell(iv: dict | None, percent: bool = False) -> str:
+    if iv is None:
+        return "-"
+    f = (lambda v: f"{100 * v:+.0f} %") if percent else (lambda v: f"{v:+.1f}")
+    return f"{f(iv['est'])} [{f(iv['lo'])}, {f(iv['hi'])}]"
+
+
+def _separates(iv: dict | None) -> str:
+    return "-" if iv is None else ("yes" if iv["excludes_zero"] else "no")
+
+
+def paired_table(rows: list[dict], reference: str) -> tuple[list[str], list[list]]:
+    """Columns: method, backbone, runs, selection, mean ± std, the paired differences with their
+    95 % intervals and whether each excludes zero, gap recovered with its interval."""
+    headers = ["method", "backbone", "runs", "selection", "mean", "Δ source_only [95 % CI]", "≠ 0",
+               f"Δ {reference} [95 % CI]", "≠ 0", "gap recovered [95 % CI]"]
+    table = []
+    for row in rows:
+        k = "pck@0.05_crop/mean"
+        mean = f"{row['mean'][k]:.1f} ± {row['std'][k]:.1f}" if row["n"] > 1 else f"{row['mean'][k]:.1f}"
+        p = row.get("paired", {})
+        table.append([row["method"], row["backbone"], row["n"], row["selection"], mean,
+                      _cell(p.get("vs_source")), _separates(p.get("vs_source")),
+                      _cell(p.get("vs_reference")), _separates(p.get("vs_reference")),
+                      _cell(p.get("gap"), percent=True)])
+    return headers, table
 
 
 def compare_tables(rows: list[dict], kind: str = "group") -> tuple[list[str], list[list]]:
@@ -103,40 +224,85 @@ def compare_tables(rows: list[dict], kind: str = "group") -> tuple[list[str], li
     return headers, table
 
 
-def compare_markdown(experiment: str, rows: list[dict], other: list[dict]) -> str:
-    """The per-group comparison table with the unfinished runs listed below it."""
-    headers, table = compare_tables(rows, "group")
-    parts = [f"Target test PCK@0.05 (crop normaliser, %), mean ± std over seeds; MLflow experiment "
-             f"`{experiment}`; gap recovered = (method - source_only) / (oracle - source_only).", "",
-             report.markdown_table(headers, table).rstrip()]
+def shift_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Gap recovered (with its interval) per method and backbone (rows) and shift (columns)."""
+    shifts = sorted({r["shift"] for r in rows})
+    cells: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        p = r.get("paired", {}).get("gap")
+        cells.setdefault((r["method"], r["backbone"]), {})[r["shift"]] = (
+            _cell(p, percent=True) if p else "-" if r["gap_recovered"] != r["gap_recovered"]
+            else f"{100 * r['gap_recovered']:.0f} %")
+    return ["method", "backbone", *(s or "-" for s in shifts)], [
+        [m, b, *(v.get(s, "") for s in shifts)] for (m, b), v in cells.items()]
+
+
+CAPTION = ("Target test PCK@0.05 (crop normaliser, %), mean ± std over seeds; MLflow experiment `{experiment}`. "
+           "Δ: paired difference in points (same seed's source model, same test images) with a 95 % bootstrap "
+           "interval over test images and seeds; ≠ 0: the interval excludes zero. Gap recovered = (method - "
+           "source_only) / (oracle - source_only). Selection: the checkpoint reported (last, or the best epoch on "
+           "target_val); never the target test split.")
+
+
+def compare_markdown(experiment: str, rows: list[dict], other: list[dict], reference: str = "plain_pl",
+                     by: str | None = None) -> str:
+    """The paired table (per shift with ``by="shift"``, plus the gap summary), the per-group
+    table and the unfinished runs."""
+    parts = [CAPTION.format(experiment=experiment), ""]
+    shifts = sorted({r["shift"] for r in rows}) if by == "shift" else [None]
+    for shift in shifts:
+        part = [r for r in rows if shift is None or r["shift"] == shift]
+        if shift is not None:
+            parts += [f"**Shift `{shift or '-'}`**", ""]
+        parts += [report.markdown_table(*paired_table(part, reference)).rstrip(), ""]
+    if by == "shift":
+        parts += ["**Gap recovered per shift** [95 % CI]", "", report.markdown_table(*shift_summary(rows)).rstrip(), ""]
+    else:
+        headers, table = compare_tables(rows, "group")
+        parts += ["Per joint group (mean ± std over seeds):", "", report.markdown_table(headers, table).rstrip()]
     if other:
         parts += ["", "Not averaged (unfinished, failed or without target metrics):", ""]
         parts += [f"- {r['name']} ({r['method']}, {r['backbone']}, seed {r['seed']}): {r['status']}" for r in other]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "target_test/",
-                log: bool = True) -> str:
-    """Tables (markdown, CSV), a grouped bar chart and a summary MLflow run for one experiment."""
+def summarize_experiment(experiment: str, tracking_uri: str, cache: Path, prefix: str = "target_test/",
+                         reference: str = "plain_pl", draws: int = stats.DRAWS) -> tuple[list[dict], list[dict]]:
+    """Collected, summarised and paired rows of one experiment, and its unfinished runs."""
     done, other = collect_runs(experiment, tracking_uri, prefix)
     if not done:
         raise DaPoseError(f"experiment '{experiment}' has no finished run with {prefix}pck@0.05_crop/mean yet")
     rows = summarize_runs(done)
+    add_paired(rows, lambda run: fetch_per_image(run, tracking_uri, cache), reference, draws)
+    return rows, other
+
+
+def _json_rows(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "runs"} | {"run_ids": [x["run_id"] for x in r["runs"]]} for r in rows]
+
+
+def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "target_test/",
+                log: bool = True, reference: str = "plain_pl", by: str | None = None,
+                draws: int = stats.DRAWS) -> str:
+    """Tables (markdown, CSV), a grouped bar chart and a summary MLflow run for one experiment."""
     out.mkdir(parents=True, exist_ok=True)
+    rows, other = summarize_experiment(experiment, tracking_uri, out / "per_image", prefix, reference, draws)
     for kind in ("group", "joint"):
         headers, table = compare_tables(rows, kind)
         (out / f"compare_{kind}.md").write_text(report.markdown_table(headers, table))
         report.write_csv(out / f"compare_{kind}.csv", headers, table)
-    text = compare_markdown(experiment, rows, other)
+    report.write_csv(out / "compare_paired.csv", *paired_table(rows, reference))
+    text = compare_markdown(experiment, rows, other, reference, by)
     (out / "compare.md").write_text(text)
-    named = {f"{r['method']} ({r['backbone']})": r["mean"] for r in rows}
-    errors = {f"{r['method']} ({r['backbone']})": r["std"] for r in rows}
-    report.bar_chart(named, "pck@0.05_crop", out / "compare.png", kind="group", title=experiment, errors=errors)
-    report.write_json(out / "compare.json", rows)
+    label = lambda r: f"{r['method']} ({r['backbone']}{', ' + r['shift'] if r['shift'] else ''})"  # noqa: E731
+    report.bar_chart({label(r): r["mean"] for r in rows}, "pck@0.05_crop", out / "compare.png", kind="group",
+                     title=experiment, errors={label(r): r["std"] for r in rows})
+    report.write_json(out / "compare.json", _json_rows(rows))
     if log:
         tracker = MlflowTracker(tracking_uri, experiment, "compare", tags={"command": "compare"})
         try:
-            for name in ("compare.md", "compare_group.csv", "compare_joint.csv", "compare.png", "compare.json"):
+            for name in ("compare.md", "compare_paired.csv", "compare_group.csv", "compare_joint.csv", "compare.png",
+                         "compare.json"):
                 tracker.log_artifact(out / name, "compare")
         finally:
             tracker.end("FINISHED")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -66,6 +70,30 @@ def test_split_by_sorted_name(tmp_path, make_synthetic):
         synthetic.load_synthetic(tmp_path, "toyhorse", "train", train_count=11)
     with pytest.raises(ConfigError, match="'train', 'val' or 'all'"):
         synthetic.load_synthetic(tmp_path, "toyhorse", "test")
+
+
+def test_listing_is_the_published_one_hidden_files_left_out(tmp_path, make_synthetic):
+    # Published split files index the folder listed as CC-SSL does: glob '*img.png', sorted
+    # (pose/datasets/synthetic_animal.py L43-44 at 24288a5); a glob '*' skips hidden names. A
+    # copy unpacked on macOS holds '._X_img.png' AppleDouble files, which sort first.
+    made = make_synthetic(tmp_path, n=6)
+    folder = made["folder"]
+    for stem in ("00000", "00004"):
+        (folder / f"._{stem}_img.png").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+        (folder / f"._{stem}_kpts.npy").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    published = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(folder, "*img.png")))]
+    assert published == [f"{i:05d}_img.png" for i in range(6)]
+    np.save(folder / "train_idxs.npy", np.array([5, 0, 2, 4]))
+    np.save(folder / "valid_idxs.npy", np.array([3, 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no hidden file read as a bad sample
+        everything = synthetic.load_synthetic(tmp_path, "toyhorse", "all", strict=True)
+        val = synthetic.load_synthetic(tmp_path, "toyhorse", "val", strict=True)
+    assert [os.path.basename(r.image_path) for r in everything] == published
+    assert [os.path.basename(r.image_path) for r in val] == [published[3], published[1]]
+    assert [r.frame for r in val] == [3, 1]
+    np.testing.assert_allclose(val[0].keypoints[:, :2][val[0].keypoints[:, 2] > 0],
+                               made["kpts"][3][made["ids"]][val[0].keypoints[:, 2] > 0, :2], rtol=1e-6)
 
 
 def test_species_tables(tmp_path, make_synthetic):

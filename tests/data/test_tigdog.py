@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from da_pose.data import tigdog
+from da_pose.data import splits, tigdog
 from da_pose.data.skeleton import TIGDOG_LANDMARK_ORDER
 from da_pose.errors import ConfigError, DataError
 
@@ -117,24 +117,26 @@ def test_loaded_crop_follows_the_rule(tmp_path, make_tigdog):
 def test_split_by_video_keeps_shots_whole_and_is_seeded():
     videos = np.repeat(np.arange(20), np.arange(1, 21))  # 20 shots of 1..20 frames
     for seed in range(5):
-        train, test = tigdog.split_by_video(videos, 0.2, seed)
+        train, test = splits.split_by_video(videos, 0.2, seed)
         assert len(np.intersect1d(train, test)) == 0
         np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(len(videos)))
         assert not set(videos[train]) & set(videos[test])
         assert len(set(videos[test])) == 4
-        again = tigdog.split_by_video(videos, 0.2, seed)
+        again = splits.split_by_video(videos, 0.2, seed)
         np.testing.assert_array_equal(again[1], test)
-    picks = {tuple(np.unique(videos[tigdog.split_by_video(videos, 0.2, s)[1]])) for s in range(5)}
+    picks = {tuple(np.unique(videos[splits.split_by_video(videos, 0.2, s)[1]])) for s in range(5)}
     assert len(picks) > 1  # the seed matters
 
 
 def test_split_by_video_on_records(tmp_path, make_tigdog):
     make_tigdog(tmp_path, shots=tuple((s, 2 + s % 3) for s in range(1, 11)))
     train = tigdog.load_tigdog(tmp_path, "horse", split="train", seed=3)
+    val = tigdog.load_tigdog(tmp_path, "horse", split="val", seed=3)
     test = tigdog.load_tigdog(tmp_path, "horse", split="test", seed=3)
-    assert len(train) + len(test) == len(tigdog.load_tigdog(tmp_path, "horse", split="all"))
-    assert not {r.video for r in train} & {r.video for r in test}
-    assert len({r.video for r in test}) == 2
+    assert len(train) + len(val) + len(test) == len(tigdog.load_tigdog(tmp_path, "horse", split="all"))
+    shots = [{r.video for r in part} for part in (train, val, test)]
+    assert not (shots[0] & shots[1]) and not (shots[0] & shots[2]) and not (shots[1] & shots[2])
+    assert len(shots[2]) == 2 and len(shots[1]) == 1  # 10 % of the 8 train shots, rounded, at least one
 
 
 def test_split_files_round_trip(tmp_path, make_tigdog):
@@ -142,7 +144,7 @@ def test_split_files_round_trip(tmp_path, make_tigdog):
     make_tigdog(tmp_path, shots=tuple((s, 3) for s in range(1, 8)), n_visible=lambda s, f: 9 if f == 1 else 12)
     everything = tigdog.load_tigdog(tmp_path, "horse", split="all")
     assert len(everything) == 14 and tigdog.count_positions(tmp_path, "horse") == 21
-    train_pos, test_pos = tigdog.split_by_video(everything, 0.3, seed=1)
+    train_pos, test_pos = splits.split_by_video(everything, 0.3, seed=1)
     assert np.isin(test_pos, [r.extra["position"] for r in everything]).all()
     tr, va = tigdog.write_split_files(tmp_path / "splits", train_pos, test_pos)
     assert tr.name == "train_idxs_by_video.npy" and va.name == "valid_idxs_by_video.npy"
@@ -151,7 +153,7 @@ def test_split_files_round_trip(tmp_path, make_tigdog):
         warnings.simplefilter("error")
         by_file = tigdog.load_tigdog(tmp_path, "horse", split="test", split_files={"train": tr, "test": va})
         complement = tigdog.load_tigdog(tmp_path, "horse", split="test", split_file=tr)
-        train = tigdog.load_tigdog(tmp_path, "horse", split="train", split_file=tr)
+        train = tigdog.load_tigdog(tmp_path, "horse", split="train", split_file=tr, val_fraction=0)
     assert [r.frame for r in by_file] == [by_position[p].frame for p in test_pos]
     assert [r.frame for r in complement] == [r.frame for r in by_file]
     assert [r.extra["position"] for r in train] == train_pos.tolist()
@@ -164,17 +166,17 @@ def test_split_files_round_trip(tmp_path, make_tigdog):
 def test_overlapping_split_files_refused(tmp_path):
     tr, va = tigdog.write_split_files(tmp_path, [0, 1, 2], [2, 3])
     with pytest.raises(DataError, match="overlap"):
-        tigdog.split_positions(4, "train", split_files={"train": tr, "test": va})
+        splits.split_positions(4, "train", split_files={"train": tr, "test": va})
 
 
 def test_split_file_out_of_range_is_a_clear_error(tmp_path):
     tr, _ = tigdog.write_split_files(tmp_path, [0, 5, 9], [1])
-    assert tigdog.read_split_file(tr, 10).tolist() == [0, 5, 9]
+    assert splits.read_split_file(tr, 10).tolist() == [0, 5, 9]
     with pytest.raises(DataError, match=r"train_idxs_by_video.npy: position 9 out of range for 9"):
-        tigdog.read_split_file(tr, 9)
+        splits.read_split_file(tr, 9)
     np.save(tmp_path / "bad.npy", np.zeros((2, 2)))
     with pytest.raises(DataError, match="bad.npy"):
-        tigdog.read_split_file(tmp_path / "bad.npy", 10)
+        splits.read_split_file(tmp_path / "bad.npy", 10)
 
 
 @pytest.mark.skipif(not SPLITS_DIR.is_dir(), reason="../shared/reference/tigdog_splits not present")
@@ -187,16 +189,16 @@ def test_published_split_files(animal, counts, largest):
         "test": SPLITS_DIR / animal / "valid_idxs_by_video.npy",
     }
     n = largest + 1
-    train = tigdog.split_positions(n, "train", split_files=files)
-    test = tigdog.split_positions(n, "test", split_files=files)
+    train = splits.split_positions(n, "train", split_files=files)
+    test = splits.split_positions(n, "test", split_files=files)
     assert (len(train), len(test)) == counts
     assert max(train.max(), test.max()) == largest
     assert not np.intersect1d(train, test).size
     # Given only the train file, test is the complement: published test + filtered-out frames.
-    complement = tigdog.split_positions(n, "test", split_file=files["train"])
+    complement = splits.split_positions(n, "test", split_file=files["train"])
     assert np.isin(test, complement).all() and len(complement) == n - counts[0]
     with pytest.raises(DataError, match=f"position {largest} out of range for {largest} frames"):
-        tigdog.split_positions(largest, "train", split_files=files)
+        splits.split_positions(largest, "train", split_files=files)
 
 
 # ----------------------------------------------------------------------------------- bad input
@@ -265,7 +267,7 @@ def test_one_bad_shot_warns_and_skips_or_fails_strict(tmp_path, make_tigdog, kin
     assert [r.extra["position"] for r in records] == list(range(3, 9))
     tr, _ = tigdog.write_split_files(tmp_path / "s", [1, 4, 5], [2])
     with pytest.warns(UserWarning) as caught:
-        train = tigdog.load_tigdog(tmp_path, "horse", split="train", split_file=tr)
+        train = tigdog.load_tigdog(tmp_path, "horse", split="train", split_file=tr, val_fraction=0)
     messages = [str(w.message) for w in caught]
     assert any("skipped 1 unreadable shot" in m for m in messages)
     assert any("1 of 3 positions point at frames dropped" in m for m in messages)
@@ -293,8 +295,8 @@ def test_missing_image_warns_or_fails_strict(tmp_path, make_tigdog):
 
 def test_bad_split_name(tmp_path, make_tigdog):
     make_tigdog(tmp_path)
-    with pytest.raises(ConfigError, match="'train', 'test' or 'all'"):
-        tigdog.load_tigdog(tmp_path, "horse", split="val")
+    with pytest.raises(ConfigError, match="'train', 'val', 'test' or 'all'"):
+        tigdog.load_tigdog(tmp_path, "horse", split="valid")
 
 
 # ----------------------------------------------------------------------------------- prepare.py
