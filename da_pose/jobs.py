@@ -17,7 +17,7 @@ from da_pose.errors import ConfigError
 from da_pose.eval import report
 from da_pose.eval.evaluate import predict
 from da_pose.eval.metrics import dataset_metrics
-from da_pose.eval.target import TargetTest, evaluate_split
+from da_pose.eval.target import TargetTest, evaluate_split, per_image_hits, write_per_image
 from da_pose.run import build, load_model, open_run
 from da_pose.tracking import MlflowTracker
 from da_pose.train.steps import supervised_step
@@ -91,6 +91,8 @@ def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord
         "keypoints": preds.keypoints().round(3).tolist(),
     })
     draw_prediction_grid(records, preds.coords, preds.indices, out_dir / "predictions.png")
+    if any(r.keypoints[:, 2].any() for r in records):  # labelled: the per-image results compare pairs
+        write_per_image(out_dir / "per_image.npz", per_image_hits(preds.coords, records, preds.indices))
     print(md)
     if log:
         tracker = MlflowTracker(cfg.tracking_uri, cfg.experiment, cfg.name or "evaluate",

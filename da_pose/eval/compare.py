@@ -42,10 +42,13 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
     done, other = [], []
     for run in client.search_runs([exp.experiment_id], max_results=10000):
         tags = run.data.tags
-        if tags.get("command") in ("compare", "evaluate"):
+        # an evaluation of a trained model on a shifted target (the benchmark's source_only row of
+        # every shift but the one it was trained on) stands for its method; other evaluations do not
+        shifted_eval = tags.get("command") == "evaluate" and "shift" in tags and "method" in tags
+        if tags.get("command") in ("compare", "evaluate") and not shifted_eval:
             continue
-        metrics = {metric_name(k)[len(prefix):]: v for k, v in run.data.metrics.items()
-                   if metric_name(k).startswith(prefix)}
+        pre = "eval/" if shifted_eval else prefix
+        metrics = {metric_name(k)[len(pre):]: v for k, v in run.data.metrics.items() if metric_name(k).startswith(pre)}
         item = {"run_id": run.info.run_id, "name": tags.get("mlflow.runName", run.info.run_name),
                 "method": tags.get("method", "?"), "backbone": tags.get("backbone", "?"),
                 "seed": tags.get("seed", "?"), "shift": tags.get("shift", ""),
