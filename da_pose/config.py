@@ -98,6 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (and always at the end)
     log_every: int = 20  # steps between metric logs
     eval_batch_size: int = 32  # images per batch when evaluating (any split) and predicting
+    criteria: bool = True  # adaptation: log label-free selection criteria at epoch ends (da_pose.eval.criteria)
     selection: str = "last"  # the checkpoint reported: last | source_val | target_val (best epoch; never target test)
 
 

@@ -171,3 +171,21 @@ def test_paired_table_columns_and_a_run_without_per_image_results(paired_store, 
     log_run(uri_old, "cc0", "ccssl", 0, 50.0)
     rows, _ = jobs.summarize_experiment("cmp", uri_old, old_d / "cache", draws=100)
     assert {r["method"]: r["paired"]["vs_source"] for r in rows}["ccssl"] is None
+
+
+def test_criteria_rank_agreement_from_metric_histories(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    for seed, sign in ((0, 1.0), (1, -1.0)):
+        tr = MlflowTracker(uri, "crit", f"cc{seed}", tags={"method": "ccssl", "backbone": "hourglass",
+                                                           "seed": str(seed)})
+        for step, val in ((10, 50.0), (20, 55.0), (30, 52.0), (40, 60.0)):
+            tr.log_metrics({"target_val/pck@0.05_crop/mean": val, "criteria/confidence": sign * val,
+                            "criteria/flip_agreement": 1.0}, step=step)
+        tr.log_metrics({"target_test/pck@0.05_crop/mean": 50.0}, step=40)
+        tr.end("FINISHED")
+    rows, _ = jobs.summarize_experiment("crit", uri, tmp_path / "cache", draws=100)
+    got = rows[0]["criteria"]
+    assert got["criteria/confidence"] == pytest.approx(0.0)  # +1 and -1 over the two seeds
+    assert np.isnan(got["criteria/flip_agreement"])  # constant: no ranking
+    text = jobs.compare_markdown("crit", rows, [])
+    assert "Label-free checkpoint criteria" in text and "| ccssl | hourglass | - | 2 | 0.0 | - | - |" in text

@@ -40,10 +40,11 @@ from torch import nn
 
 from da_pose import config as config_mod
 from da_pose.config import Config
-from da_pose.data.loaders import domain_records, make_codec, make_dataset, mixed_batches
+from da_pose.data.loaders import domain_records, eval_loader, make_codec, make_dataset, mixed_batches
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError
-from da_pose.eval.target import TargetTest
+from da_pose.eval.criteria import criteria_evaluator
+from da_pose.eval.target import TargetTest, evaluate_split
 from da_pose.run import RunContext, build, open_run
 from da_pose.train.trainer import Callback
 
@@ -212,6 +213,24 @@ def load_data(job: AdaptJob) -> None:
         # readable frames only (the eval dataset dropped unreadable ones); labels never used
         job.data["target"] = job.hidden_labels(job.dataset(job.data["target_eval"].records, train=True))
     job.test = TargetTest.load(job.ctx, job.codec)
+    if cfg.train.criteria:
+        # label-free checkpoint criteria at epoch ends: recorded, never used to select here
+        job.data["source_val"] = job.dataset(domain_records(cfg, "source", "val"), train=False) \
+            if "source" in needs else None
+        job.state["criteria"] = epoch_criteria(job)
+
+
+def epoch_criteria(job: AdaptJob) -> Callable[[nn.Module], dict] | None:
+    """The label-free criteria (on target train images) and, for methods with a source, the
+    source val PCK: :mod:`da_pose.eval.criteria`."""
+    parts = []
+    if "target_eval" in job.data:
+        parts.append(criteria_evaluator(job.cfg, job.data["target_eval"].records, job.codec, job.ctx.device))
+    if job.data.get("source_val") is not None:
+        ds = job.data["source_val"]
+        parts.append(partial(evaluate_split, loader=eval_loader(job.cfg, ds), records=ds.records, codec=job.codec,
+                             ctx=job.ctx, prefix="source_val/"))
+    return (lambda model: {k: v for f in parts for k, v in f(model).items()}) if parts else None
 
 
 def default_plan(job: AdaptJob, r: int) -> RoundPlan:
@@ -250,7 +269,8 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
             if trainer.epoch < end:
                 plan = plan_round(job, r)
                 trainer.round = r
-                trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(), select=job.test.select_key(),
+                trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(job.state.get("criteria")),
+                            select=job.test.select_key(),
                             desc=plan.desc, callbacks=callbacks + list(plan.callbacks))
             start = end
         if not ctx.is_main:

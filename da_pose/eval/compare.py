@@ -10,9 +10,9 @@ import numpy as np
 
 from da_pose.data.skeleton import GROUPS, JOINTS
 from da_pose.errors import DaPoseError
-from da_pose.eval import report, stats
+from da_pose.eval import criteria, report, stats
 from da_pose.eval.target import read_per_image
-from da_pose.tracking import MlflowTracker, check_reachable, metric_name
+from da_pose.tracking import MlflowTracker, check_reachable, metric_name, mlflow_key
 
 
 def method_order() -> list[str]:
@@ -53,7 +53,7 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
                 "method": tags.get("method", "?"), "backbone": tags.get("backbone", "?"),
                 "seed": tags.get("seed", "?"), "shift": tags.get("shift", ""),
                 "selection": tags.get("selection", "last"), "settings": tags.get("settings", "defaults"),
-                "status": run.info.status, "metrics": metrics}
+                "status": run.info.status, "metrics": metrics, "all_metrics": sorted(map(metric_name, run.data.metrics))}
         if run.info.status == "FINISHED" and "pck@0.05_crop/mean" in metrics:
             done.append(item)
         else:
@@ -180,6 +180,35 @@ def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int 
         }
 
 
+def add_criteria(rows: list[dict], tracking_uri: str) -> None:
+    """``row["criteria"]``: per label-free criterion, the mean over the row's runs of Spearman's
+    correlation between the criterion and the target val PCK across each run's checkpoints
+    (:func:`da_pose.eval.criteria.rank_agreement`); absent for rows whose runs logged none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    names = (criteria.REFERENCE, *criteria.CRITERIA)
+    for row in rows:
+        per_run = []
+        for run in row["runs"]:
+            if not any(k.startswith("criteria/") for k in run.get("all_metrics", ())):
+                continue
+            hist = {n: {m.step: m.value for m in client.get_metric_history(run["run_id"], mlflow_key(n))} for n in names}
+            per_run.append(criteria.rank_agreement(hist))
+        if per_run:
+            with np.errstate(all="ignore"):
+                row["criteria"] = {n: float(np.nanmean([r[n] for r in per_run])) if any(
+                    r[n] == r[n] for r in per_run) else float("nan") for n in criteria.CRITERIA}
+
+
+def criteria_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Method rows, one column per criterion: mean Spearman correlation with target val PCK."""
+    names = list(criteria.CRITERIA)
+    return (["method", "backbone", "shift", "runs", *names],
+            [[r["method"], r["backbone"], r["shift"] or "-", r["n"], *(r["criteria"][n] for n in names)]
+             for r in rows if "criteria" in r])
+
+
 def _cell(iv: dict | None, percent: bool = False) -> str:
     if iv is None:
         return "-"
@@ -263,6 +292,11 @@ def compare_markdown(experiment: str, rows: list[dict], other: list[dict], refer
     else:
         headers, table = compare_tables(rows, "group")
         parts += ["Per joint group (mean ± std over seeds):", "", report.markdown_table(headers, table).rstrip()]
+    headers, table = criteria_table(rows)
+    if table:
+        parts += ["", "Label-free checkpoint criteria: Spearman correlation with the target val PCK over each run's "
+                  "evaluated checkpoints, mean over seeds (1 = ranks checkpoints as target val does):", "",
+                  report.markdown_table(headers, table).rstrip()]
     if other:
         parts += ["", "Not averaged (unfinished, failed or without target metrics):", ""]
         parts += [f"- {r['name']} ({r['method']}, {r['backbone']}, seed {r['seed']}): {r['status']}" for r in other]
@@ -277,6 +311,7 @@ def summarize_experiment(experiment: str, tracking_uri: str, cache: Path, prefix
         raise DaPoseError(f"experiment '{experiment}' has no finished run with {prefix}pck@0.05_crop/mean yet")
     rows = summarize_runs(done)
     add_paired(rows, lambda run: fetch_per_image(run, tracking_uri, cache), reference, draws)
+    add_criteria(rows, tracking_uri)
     return rows, other
 
 
