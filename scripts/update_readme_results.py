@@ -31,10 +31,11 @@ REPRODUCE = {
 }
 
 
-def render(experiment: str, tracking_uri: str, block: str, reference: str = "plain_pl", by: str | None = None) -> str:
+def render(experiment: str, tracking_uri: str, block: str, reference: str = "plain_pl", by: str | None = None,
+           unit: str = "video") -> str:
     with tempfile.TemporaryDirectory() as cache:
-        rows, other = summarize_experiment(experiment, tracking_uri, Path(cache), reference=reference)
-    text = compare_markdown(experiment, rows, other, reference, by)
+        rows, other = summarize_experiment(experiment, tracking_uri, Path(cache), reference=reference, unit=unit)
+    text = compare_markdown(experiment, rows, other, reference, by, unit)
     return text + "\n" + REPRODUCE.get(block, "") + "\n"
 
 
@@ -54,10 +55,12 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when the README block differs")
     ap.add_argument("--reference", default="plain_pl", help="the method every other is paired against")
     ap.add_argument("--by", choices=["shift"], default=None, help="one table per shift and a gap summary")
+    ap.add_argument("--unit", choices=["video", "image"], default="video", help="what the bootstrap resamples")
     args = ap.parse_args(argv)
     path = Path(args.readme)
     old = path.read_text()
-    new = replace_block(old, args.block, render(args.experiment, args.tracking_uri, args.block, args.reference, args.by))
+    body = render(args.experiment, args.tracking_uri, args.block, args.reference, args.by, args.unit)
+    new = replace_block(old, args.block, body)
     if args.check:
         if new != old:
             print(f"{path}: results block '{args.block}' is out of date", file=sys.stderr)

@@ -117,7 +117,7 @@ def paired_store(tmp_path_factory):
     uri = f"sqlite:///{d}/mlruns.db"
     rng = np.random.default_rng(0)
     n, k = 60, 18
-    ids = np.array([f"1:{i:03d}" for i in range(n)])  # id order = row order (compare sorts by id)
+    ids = np.array([f"{i // 10}:{i:03d}" for i in range(n)])  # 6 videos; id order = row order (compare sorts)
     counted = rng.random((n, k)) < 0.8
     runs = {}
     for seed in range(3):
@@ -136,7 +136,7 @@ def test_paired_intervals_equal_a_direct_computation(paired_store):
     from da_pose.eval import stats
 
     d, uri, runs = paired_store
-    rows, _ = jobs.summarize_experiment("paired", uri, d / "cache", draws=300)
+    rows, _ = jobs.summarize_experiment("paired", uri, d / "cache", draws=300, unit="image")
     row = {r["method"]: r for r in rows}["plain_pl"]
     groups = {m: [runs[m, s] for s in range(3)] for m in ("plain_pl", "source_only", "oracle")}
     samples = stats.seed_image_bootstrap(groups, draws=300, seed=0)
@@ -157,7 +157,7 @@ def test_paired_intervals_equal_a_direct_computation(paired_store):
 
 def test_paired_table_columns_and_a_run_without_per_image_results(paired_store, tmp_path):
     d, uri, _ = paired_store
-    text = jobs.run_compare("paired", uri, tmp_path / "out", log=False, draws=200)
+    text = jobs.run_compare("paired", uri, tmp_path / "out", log=False, draws=200, unit="image")
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert "Δ source_only [95 % CI]" in header and "Δ plain_pl [95 % CI]" in header and "gap recovered" in header
     orc = next(line for line in text.splitlines() if line.startswith("| oracle"))
@@ -189,3 +189,19 @@ def test_criteria_rank_agreement_from_metric_histories(tmp_path):
     assert np.isnan(got["criteria/flip_agreement"])  # constant: no ranking
     text = jobs.compare_markdown("crit", rows, [])
     assert "Label-free checkpoint criteria" in text and "| ccssl | hourglass | - | 2 | 0.0 | - | - |" in text
+
+
+def test_video_bootstrap_resamples_whole_videos(paired_store):
+    from da_pose.eval import stats
+
+    d, uri, runs = paired_store
+    rows, _ = jobs.summarize_experiment("paired", uri, d / "cache", draws=300, unit="video")
+    vs = {r["method"]: r for r in rows}["plain_pl"]["paired"]["vs_source"]
+    groups = {m: [runs[m, s] for s in range(3)] for m in ("plain_pl", "source_only")}
+    videos = np.arange(60) // 10
+    samples = stats.seed_image_bootstrap(groups, draws=300, seed=0, clusters=videos)
+    lo, hi = stats.percentile_interval(samples["plain_pl"] - samples["source_only"])
+    assert (vs["lo"], vs["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    image = {r["method"]: r for r in jobs.summarize_experiment("paired", uri, d / "cache", draws=300,
+                                                                unit="image")[0]}["plain_pl"]["paired"]["vs_source"]
+    assert vs["est"] == pytest.approx(image["est"])  # same point estimate, another interval

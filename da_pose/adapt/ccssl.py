@@ -136,6 +136,27 @@ def generate_raw(model, dataset, codec, cfg: CCSSLConfig, device: torch.device, 
     """
     if shard is not None:
         return _generate_shard(model, dataset, codec, cfg, device, seed, shard, progress)
+    out_idx, out_xy, out_conf = [], [], []
+    for batch, views in iter_views(model, dataset, codec, cfg, device, seed, indices, progress):
+        xy, conf = aggregate(views, codec, cfg.confidence)
+        back = invert_affine(batch["affine"].to(device, torch.float64))
+        xy = apply_affine(back, xy.double())
+        out_idx.append(batch["index"].numpy())
+        out_xy.append(xy.float().cpu().numpy())
+        out_conf.append(conf.float().cpu().numpy())
+    return np.concatenate(out_idx), np.concatenate(out_xy), np.concatenate(out_conf)
+
+
+def iter_views(model, dataset, codec, cfg: CCSSLConfig, device: torch.device, seed: int,
+               indices: Sequence[int] | None = None, progress: bool = True):
+    """The batches of :func:`generate_raw` with their views, before aggregation: ``(batch, views)``
+    per batch of ``cfg.batch_size`` images, in dataset order, the model in eval mode meanwhile.
+    The seam the pseudo-label study (:mod:`da_pose.adapt.study`) uses to aggregate the same views
+    under several confidence rules.
+
+    Shape:
+        views: (1 + T, B, K, h, w), as :func:`predict_views` returns them.
+    """
     from tqdm import tqdm
 
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
@@ -146,18 +167,13 @@ def generate_raw(model, dataset, codec, cfg: CCSSLConfig, device: torch.device, 
     std = torch.tensor(dataset.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     was_training = model.training
     model.eval()
-    out_idx, out_xy, out_conf = [], [], []
-    for batch in tqdm(loader, desc="pseudo-labels", leave=False, disable=not progress):
-        images = batch["image"].to(device, non_blocking=True)
-        views, _ = predict_views(model, images, codec, cfg, mean, std, gen)
-        xy, conf = aggregate(views, codec, cfg.confidence)
-        back = invert_affine(batch["affine"].to(device, torch.float64))
-        xy = apply_affine(back, xy.double())
-        out_idx.append(batch["index"].numpy())
-        out_xy.append(xy.float().cpu().numpy())
-        out_conf.append(conf.float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(out_idx), np.concatenate(out_xy), np.concatenate(out_conf)
+    try:
+        for batch in tqdm(loader, desc="pseudo-labels", leave=False, disable=not progress):
+            images = batch["image"].to(device, non_blocking=True)
+            views, _ = predict_views(model, images, codec, cfg, mean, std, gen)
+            yield batch, views
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()

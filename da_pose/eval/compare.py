@@ -112,10 +112,10 @@ def fetch_per_image(run: dict, tracking_uri: str, cache: Path) -> dict | None:
     return read_per_image(path)
 
 
-def aligned_groups(rows: list[dict], fetch) -> dict[str, list[tuple[np.ndarray, np.ndarray]]] | None:
+def aligned_groups(rows: list[dict], fetch) -> tuple[dict[str, list], np.ndarray] | None:
     """Per row (keyed by method), one ``(hits, counted)`` per seed that every row has, over the
-    test images that every run has, in one order; None when a run lacks per-image results or
-    the rows share no seed."""
+    test images that every run has, in one order (sorted ids, returned too); None when a run
+    lacks per-image results or the rows share no seed."""
     seeds = sorted(set.intersection(*[{r["seed"] for r in row["runs"]} for row in rows]))
     if not seeds:
         return None
@@ -136,29 +136,41 @@ def aligned_groups(rows: list[dict], fetch) -> dict[str, list[tuple[np.ndarray, 
         index = {name: i for i, name in enumerate(res["ids"].tolist())}
         rows_ = np.array([index[name] for name in order])
         groups.setdefault(method, []).append((res["hits"][rows_], res["counted"][rows_]))
-    return groups
+    return groups, np.array(order)
+
+
+def clusters_of(ids: np.ndarray, unit: str) -> np.ndarray | None:
+    """The resampling unit of each test image: its video (``video:frame`` ids) or itself."""
+    if unit == "image":
+        return None
+    return np.array([i.split(":", 1)[0] if ":" in i else i for i in ids.tolist()])
 
 
 def _point(groups, name) -> float:
     return float(np.mean([stats.mean_pck(h, c) for h, c in groups[name]]))
 
 
-def paired_interval(row: dict, ref: dict, fetch, draws: int = stats.DRAWS, seed: int = 0) -> dict | None:
-    """``row - ref`` in mean PCK points, paired by seed and image, with its bootstrap interval."""
-    groups = aligned_groups([row, ref], fetch)
-    if groups is None:
+def paired_interval(row: dict, ref: dict, fetch, draws: int = stats.DRAWS, seed: int = 0,
+                    unit: str = "video") -> dict | None:
+    """``row - ref`` in mean PCK points, paired by seed and image, with its bootstrap interval
+    (test images resampled by ``unit``: whole videos, or single images)."""
+    aligned = aligned_groups([row, ref], fetch)
+    if aligned is None:
         return None
-    samples = stats.seed_image_bootstrap(groups, draws, seed)
+    groups, ids = aligned
+    samples = stats.seed_image_bootstrap(groups, draws, seed, clusters_of(ids, unit))
     m, r = row["method"], ref["method"]
     return stats.interval(_point(groups, m) - _point(groups, r), samples[m] - samples[r]) | {"seeds": len(groups[m])}
 
 
-def gap_interval(row: dict, src: dict, orc: dict, fetch, draws: int = stats.DRAWS, seed: int = 0) -> dict | None:
+def gap_interval(row: dict, src: dict, orc: dict, fetch, draws: int = stats.DRAWS, seed: int = 0,
+                 unit: str = "video") -> dict | None:
     """Gap recovered ``(row - source_only) / (oracle - source_only)`` with its paired interval."""
-    groups = aligned_groups([row, src, orc], fetch)
-    if groups is None:
+    aligned = aligned_groups([row, src, orc], fetch)
+    if aligned is None:
         return None
-    samples = stats.seed_image_bootstrap(groups, draws, seed)
+    groups, ids = aligned
+    samples = stats.seed_image_bootstrap(groups, draws, seed, clusters_of(ids, unit))
     m, s, o = row["method"], src["method"], orc["method"]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = (samples[m] - samples[s]) / (samples[o] - samples[s])
@@ -166,7 +178,8 @@ def gap_interval(row: dict, src: dict, orc: dict, fetch, draws: int = stats.DRAW
     return stats.interval(est, ratio)
 
 
-def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int = stats.DRAWS) -> None:
+def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int = stats.DRAWS,
+               unit: str = "video") -> None:
     """``row["paired"]``: vs source_only, vs ``reference`` and gap recovered, each an interval
     dict or None (no reference row, no common seed, or no per-image results)."""
     by_key = {(r["method"], r["backbone"], r["shift"]): r for r in rows}
@@ -174,9 +187,9 @@ def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int 
         key = lambda m: by_key.get((m, row["backbone"], row["shift"]))  # noqa: E731
         src, ref, orc = key("source_only"), key(reference), key("oracle")
         row["paired"] = {
-            "vs_source": paired_interval(row, src, fetch, draws) if src and src is not row else None,
-            "vs_reference": paired_interval(row, ref, fetch, draws) if ref and ref is not row else None,
-            "gap": gap_interval(row, src, orc, fetch, draws) if src and orc and row is not src else None,
+            "vs_source": paired_interval(row, src, fetch, draws, unit=unit) if src and src is not row else None,
+            "vs_reference": paired_interval(row, ref, fetch, draws, unit=unit) if ref and ref is not row else None,
+            "gap": gap_interval(row, src, orc, fetch, draws, unit=unit) if src and orc and row is not src else None,
         }
 
 
@@ -271,16 +284,16 @@ def shift_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
 
 CAPTION = ("Target test PCK@0.05 (crop normaliser, %), mean ± std over seeds; MLflow experiment `{experiment}`. "
            "Δ: paired difference in points (same seed's source model, same test images) with a 95 % bootstrap "
-           "interval over test images and seeds; ≠ 0: the interval excludes zero. Gap recovered = (method - "
+           "interval over test {unit}s and seeds; ≠ 0: the interval excludes zero. Gap recovered = (method - "
            "source_only) / (oracle - source_only). Selection: the checkpoint reported (last, or the best epoch on "
            "target_val); never the target test split.")
 
 
 def compare_markdown(experiment: str, rows: list[dict], other: list[dict], reference: str = "plain_pl",
-                     by: str | None = None) -> str:
+                     by: str | None = None, unit: str = "video") -> str:
     """The paired table (per shift with ``by="shift"``, plus the gap summary), the per-group
     table and the unfinished runs."""
-    parts = [CAPTION.format(experiment=experiment), ""]
+    parts = [CAPTION.format(experiment=experiment, unit=unit), ""]
     shifts = sorted({r["shift"] for r in rows}) if by == "shift" else [None]
     for shift in shifts:
         part = [r for r in rows if shift is None or r["shift"] == shift]
@@ -304,13 +317,14 @@ def compare_markdown(experiment: str, rows: list[dict], other: list[dict], refer
 
 
 def summarize_experiment(experiment: str, tracking_uri: str, cache: Path, prefix: str = "target_test/",
-                         reference: str = "plain_pl", draws: int = stats.DRAWS) -> tuple[list[dict], list[dict]]:
+                         reference: str = "plain_pl", draws: int = stats.DRAWS,
+                         unit: str = "video") -> tuple[list[dict], list[dict]]:
     """Collected, summarised and paired rows of one experiment, and its unfinished runs."""
     done, other = collect_runs(experiment, tracking_uri, prefix)
     if not done:
         raise DaPoseError(f"experiment '{experiment}' has no finished run with {prefix}pck@0.05_crop/mean yet")
     rows = summarize_runs(done)
-    add_paired(rows, lambda run: fetch_per_image(run, tracking_uri, cache), reference, draws)
+    add_paired(rows, lambda run: fetch_per_image(run, tracking_uri, cache), reference, draws, unit)
     add_criteria(rows, tracking_uri)
     return rows, other
 
@@ -321,16 +335,16 @@ def _json_rows(rows: list[dict]) -> list[dict]:
 
 def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "target_test/",
                 log: bool = True, reference: str = "plain_pl", by: str | None = None,
-                draws: int = stats.DRAWS) -> str:
+                draws: int = stats.DRAWS, unit: str = "video") -> str:
     """Tables (markdown, CSV), a grouped bar chart and a summary MLflow run for one experiment."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, other = summarize_experiment(experiment, tracking_uri, out / "per_image", prefix, reference, draws)
+    rows, other = summarize_experiment(experiment, tracking_uri, out / "per_image", prefix, reference, draws, unit)
     for kind in ("group", "joint"):
         headers, table = compare_tables(rows, kind)
         (out / f"compare_{kind}.md").write_text(report.markdown_table(headers, table))
         report.write_csv(out / f"compare_{kind}.csv", headers, table)
     report.write_csv(out / "compare_paired.csv", *paired_table(rows, reference))
-    text = compare_markdown(experiment, rows, other, reference, by)
+    text = compare_markdown(experiment, rows, other, reference, by, unit)
     (out / "compare.md").write_text(text)
     label = lambda r: f"{r['method']} ({r['backbone']}{', ' + r['shift'] if r['shift'] else ''})"  # noqa: E731
     report.bar_chart({label(r): r["mean"] for r in rows}, "pck@0.05_crop", out / "compare.png", kind="group",

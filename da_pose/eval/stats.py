@@ -118,14 +118,26 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
+def cluster_counts(clusters, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Image counts of a bootstrap that resamples whole clusters (the videos of a test split):
+    each image appears as often as its cluster was drawn.
+
+    Shape:
+        clusters: (N,) cluster label per image -> (draws, N) float64.
+    """
+    _, index = np.unique(np.asarray(clusters), return_inverse=True)
+    return resample_counts(int(index.max()) + 1, draws, rng)[:, index]
+
+
 def seed_image_bootstrap(groups: dict[str, list[tuple[np.ndarray, np.ndarray]]], draws: int = DRAWS,
-                         seed: int = 0) -> dict[str, np.ndarray]:
+                         seed: int = 0, clusters=None) -> dict[str, np.ndarray]:
     """Paired bootstrap of the seed-averaged mean PCK of several methods.
 
     ``groups[name]`` holds one ``(hits, counted)`` pair per seed, in the SAME seed order for
     every name, over the SAME images in the same order. Each draw resamples the images once and
     the seeds once (both with replacement) and applies that resample to every name, so
-    differences between names are paired by image and by seed.
+    differences between names are paired by image and by seed. With ``clusters`` (N,) the
+    images are resampled by cluster (whole videos: frames of one shot are not independent).
 
     Shape:
         hits, counted: (N, K) per seed.
@@ -138,7 +150,7 @@ def seed_image_bootstrap(groups: dict[str, list[tuple[np.ndarray, np.ndarray]]],
         if len(groups[name]) != n_seeds or any(h.shape[0] != n_images for h, _ in groups[name]):
             raise ValueError(f"seed_image_bootstrap: '{name}' has other seeds or images than '{names[0]}'")
     rng = np.random.default_rng(seed)
-    images = resample_counts(n_images, draws, rng)  # B, N
+    images = resample_counts(n_images, draws, rng) if clusters is None else cluster_counts(clusters, draws, rng)
     seeds = resample_counts(n_seeds, draws, rng)  # B, S
     out = {}
     for name in names:

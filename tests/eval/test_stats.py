@@ -75,3 +75,15 @@ def test_mismatched_groups_are_refused():
     rng = np.random.default_rng(4)
     with pytest.raises(ValueError, match="other seeds or images"):
         stats.seed_image_bootstrap({"a": [_runs(rng)], "b": [_runs(rng), _runs(rng)]})
+
+
+def test_cluster_bootstrap_draws_whole_clusters():
+    rng = np.random.default_rng(5)
+    clusters = np.array([3, 3, 7, 7, 7, 9])
+    counts = stats.cluster_counts(clusters, draws=200, rng=rng)
+    # every image of a cluster appears as often as the cluster was drawn; 3 clusters drawn per row
+    assert (counts[:, 0] == counts[:, 1]).all() and (counts[:, 2] == counts[:, 4]).all()
+    assert (counts[:, [0, 2, 5]].sum(axis=1) == 3).all()
+    again = stats.cluster_counts(clusters, draws=200, rng=np.random.default_rng(5))
+    direct = np.random.default_rng(5).multinomial(3, np.full(3, 1 / 3), size=200)[:, [0, 0, 1, 1, 1, 2]]
+    np.testing.assert_array_equal(again, direct)
