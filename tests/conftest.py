@@ -54,3 +54,16 @@ def fresh_store(template: Path, path: Path) -> str:
     """A new store at ``path`` copied from ``mlflow_template``; returns its URI."""
     shutil.copyfile(template, path)
     return f"sqlite:///{path}"
+
+
+def call(argv, capsys) -> tuple[int, str, str]:
+    """Run ``da-pose`` (``main(argv)``) in-process: (exit code, stdout, stderr)."""
+    from da_pose.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

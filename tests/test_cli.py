@@ -25,19 +25,10 @@ from da_pose.cli import main
 from da_pose.config import dump_yaml, load_config
 from da_pose.data import manifest, tigdog
 from da_pose.models.factory import build_model
-from tests.conftest import fresh_store, tiny_overrides
+from tests.conftest import call, fresh_store, tiny_overrides
 
 
 # ----------------------------------------------------------------------------------- helpers
-def call(argv, capsys) -> tuple[int, str, str]:
-    """Run ``main(argv)`` in-process: (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_cli(*args, cwd, timeout=300, env=None) -> subprocess.CompletedProcess:

@@ -20,17 +20,7 @@ from da_pose.errors import ConfigError
 from da_pose.eval.stats import paired_ratio_difference, ratio_interval, resample_counts
 from da_pose.models.factory import build_model
 from da_pose.tracking import mlflow_key
-from tests.conftest import fresh_store, tiny_overrides
-
-
-def call(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import call, fresh_store, tiny_overrides
 
 
 @pytest.fixture
