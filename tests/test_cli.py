@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from da_pose import checkpoint, jobs, run
-from da_pose.cli import main
 from da_pose.config import dump_yaml, load_config
 from da_pose.data import manifest, tigdog
 from da_pose.models.factory import build_model

@@ -12,7 +12,6 @@ import torch
 from da_pose import checkpoint, run
 from da_pose.adapt.study import (VARIANTS, StudySettings, VariantLabels, kept_counts, parse_fractions,
                                  parse_variants, resampling_units, study_rows, variant_config)
-from da_pose.cli import main
 from da_pose.config import CCSSLConfig, dump_yaml, load_config
 from da_pose.data import manifest
 from da_pose.data.records import PoseRecord
