@@ -66,16 +66,23 @@ def data():
 @click.option("--preset", default="demo", show_default=True, help="demo | benchmark")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Processes used for rendering.")
-def data_generate(out, preset, seed, workers):
+@click.option("--shift", default="all", show_default=True,
+              help="The target's shift: appearance, context, pose, shape, occlusion, video or all; a comma "
+                   "list combines them (docs/shifts.md). The source is the same whatever the shift.")
+@click.option("--source-from", default=None, type=click.Path(file_okay=False),
+              help="A folder generated with the same preset and seed (any shift): its source and other "
+                   "domains are hard-linked instead of rendered again.")
+def data_generate(out, preset, seed, workers, shift, source_from):
     """Write the embedded synthetic->real benchmark in the real datasets' formats."""
     import time
 
     from da_pose.data.toy import generate
 
     t0 = time.perf_counter()
-    manifest = generate(out, preset=preset, seed=seed, workers=workers)
+    manifest = generate(out, preset=preset, seed=seed, workers=workers, shift=shift, source_from=source_from)
     counts = ", ".join(f"{k}: {v.get('count')}" for k, v in manifest["domains"].items())
-    click.echo(f"wrote {out} ({counts}) in {time.perf_counter() - t0:.1f} s")
+    shifts = ",".join(manifest["gap"]["shifts"])
+    click.echo(f"wrote {out} (shift {shifts}; {counts}) in {time.perf_counter() - t0:.1f} s")
 
 
 @data.command("show")
@@ -189,11 +196,20 @@ def evaluate(ckpt, spec, joint_map, animal, split, out, flip_test, log, tracking
 @click.option("--tracking-uri", default="sqlite:///mlruns.db", show_default=True)
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for tables and plot.")
 @click.option("--metric-prefix", default="target_test/", show_default=True)
-def compare(experiment, tracking_uri, out, metric_prefix):
-    """Compare methods: per-group/per-joint tables (mean +- std over seeds) and a plot, from MLflow."""
+@click.option("--reference", default="plain_pl", show_default=True,
+              help="Method every other is paired against (besides source_only).")
+@click.option("--by", type=click.Choice(["shift"]), default=None, help="One table per shift and a gap summary.")
+@click.option("--draws", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap draws.")
+@click.option("--unit", type=click.Choice(["video", "image"]), default="video", show_default=True,
+              help="What the bootstrap resamples: whole test videos (frames of a shot are correlated) or images.")
+def compare(experiment, tracking_uri, out, metric_prefix, reference, by, draws, unit):
+    """Compare methods from MLflow: mean +- std over seeds, paired differences against
+    source_only and a reference with 95 % bootstrap intervals (test images x seeds), gap
+    recovered; per-group/per-joint tables and a plot."""
     from da_pose.eval.compare import run_compare
 
-    run_compare(experiment, tracking_uri, Path(out) if out else Path("runs") / experiment / "compare", metric_prefix)
+    run_compare(experiment, tracking_uri, Path(out) if out else Path("runs") / experiment / "compare", metric_prefix,
+                reference=reference, by=by, draws=draws, unit=unit)
 
 
 @cli.command()
@@ -209,6 +225,46 @@ def predict(ckpt, inputs, out, device):
     cfg = config_from_checkpoint(ckpt, [f"device={device}"] if device else [])
     n = run_predict(ckpt, cfg, list(inputs), Path(out))
     click.echo(f"wrote {n} overlays and predictions.json to {out}")
+
+
+# ---------------------------------------------------------------------------------------- study
+@cli.group()
+def study():
+    """Mechanism studies with a fixed model (no training)."""
+
+
+@study.command("pseudo-labels")
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "spec", default=None,
+              help="DIR#domain, tigdog:ROOT, ... as for evaluate (default: the run's target).")
+@click.option("--animal", default=None)
+@click.option("--split", default="train", show_default=True, help="The split labelled (its labels score the kept ones).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for the table, CSV, plot and JSON (default: beside the checkpoint, study/).")
+@click.option("--experiment", default="pseudo-label-study", show_default=True, help="MLflow experiment.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the checkpoint's).")
+@click.option("--variants", default="identity,equivariance,invariance,flip,temporal,all", show_default=True,
+              help="Labeller variants (identity is always included: the reference).")
+@click.option("--rules", default="max,agreement", show_default=True, help="Confidence rules.")
+@click.option("--fractions", default="20,40,60,80", show_default=True, help="Kept fractions, percent of joints.")
+@click.option("--draws", type=int, default=2000, show_default=True, help="Bootstrap draws.")
+@click.option("--unit", default="image", show_default=True, help="What the bootstrap resamples: image | video.")
+@click.option("--seed", type=int, default=None, help="Seed of the views and the bootstrap (default: the config's).")
+@click.option("--device", default=None)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override, e.g. ccssl.num_transforms=8.")
+def study_pseudo_labels(ckpt, spec, animal, split, out, experiment, tracking_uri, variants, rules, fractions, draws,
+                        unit, seed, device, sets):
+    """Accuracy of kept pseudo-labels per labeller variant and confidence rule, at matched kept fractions."""
+    from da_pose.adapt.study import StudySettings, check_settings, run_study, study_config
+    from da_pose.data.manifest import parse_data_spec
+
+    overrides = list(sets) + [f"{k}={v}" for k, v in (("tracking_uri", tracking_uri), ("device", device)) if v]
+    cfg = study_config(ckpt, overrides)
+    spec = spec or f"{cfg.data.root}#{cfg.data.target}"
+    settings = check_settings(StudySettings(spec, split, variants, rules, fractions, draws,
+                                            cfg.seed if seed is None else seed, unit, experiment))
+    records = parse_data_spec(spec, animal=animal, split=split, strict=cfg.data.strict)
+    run_study(ckpt, cfg, records, Path(out) if out else Path(ckpt).parent / "study", settings)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

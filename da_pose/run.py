@@ -54,6 +54,16 @@ def arch_of(cfg: Config) -> dict:
     return arch
 
 
+def shift_tag(root: str | Path) -> dict[str, str]:
+    """``{"shift": "pose"}`` (comma list for combined shifts) from a generated benchmark's
+    manifest; empty for data without a shift record (real datasets, older benchmark folders)."""
+    try:
+        shifts = json.loads((Path(root) / "manifest.json").read_text())["gap"]["shifts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {"shift": ",".join(shifts)} if isinstance(shifts, list) and shifts else {}
+
+
 def run_tags(cfg: Config, command: str) -> dict[str, str]:
     return {
         "command": command,
@@ -63,6 +73,7 @@ def run_tags(cfg: Config, command: str) -> dict[str, str]:
         "target": f"{cfg.data.root}#{cfg.data.target}",
         "seed": str(cfg.seed),
         "mlflow.runName": cfg.name,
+        **shift_tag(cfg.data.root),  # runs on a shifted benchmark are compared per shift
     }
 
 

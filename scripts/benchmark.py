@@ -1,15 +1,27 @@
-"""Run every method of the comparison with several seeds, then ``da-pose compare`` (``make benchmark``).
+"""Run the comparison, methods x seeds x named shifts, then ``da-pose compare`` (``make benchmark``).
 
-    python scripts/benchmark.py                                   # benchmark preset, seeds 0 1 2, 2 jobs
-    python scripts/benchmark.py --preset demo --data data/demo --experiment toy-demo-seeds
-    python scripts/benchmark.py --dry-run                         # the plan, what is finished, nothing run
+    python scripts/benchmark.py                                   # the default matrix, seeds 0 1 2, 2 jobs
+    python scripts/benchmark.py --matrix calibration --preset demo --seeds 0   # source-only + oracle per shift
+    python scripts/benchmark.py --shifts none --preset demo --data data/demo   # one dataset, no shifts
+    python scripts/benchmark.py --dry-run                         # the plan, what is finished, an estimated time
 
-Each seed pretrains its own source-only model; every adaptation starts from its seed's model;
-CC-SSL-R fine-tunes its seed's CC-SSL model on the labelled target. The runs are ``da-pose``
-commands (one process each, ``--jobs`` at a time, each with ``cores / jobs`` torch threads) in one
-MLflow experiment, named ``<config>_s<seed>``. Resumable: a run already FINISHED in MLflow is
-skipped, an interrupted one continues from its last checkpoint (``--resume auto``), and a failed
-run only stops the runs that depend on it. Logs: ``<out>/<experiment>/logs/<run>.log``.
+Shifts (``--shifts``, docs/shifts.md): each one's data is generated into ``<data>/<shift>`` when
+missing (a comma combination ``pose,shape`` into ``<data>/pose+shape``). The source domain is the
+same bytes under every shift, so each seed pretrains ONE source-only model (on the home shift's
+folder: ``all`` when it is run, else the first shift) and every shift reuses it: adaptations start
+from it, and on the other shifts it is evaluated with ``da-pose evaluate --log`` (runs
+``source_only_<bb>_<shift>_s<seed>``, tagged ``command=evaluate``, ``method``, ``shift``, ``seed``;
+metrics ``eval/...``). Every training run is tagged ``shift`` by ``da_pose.run`` from the data's
+manifest. ``--matrix``: ``calibration`` = source_only + oracle per shift; ``default`` = the main
+methods on every shift, the ablations on ``all`` only; ``full`` = every method x every shift (3
+seeds on the benchmark preset, for a bigger machine). ``--methods`` replaces the matrix's methods.
+
+Each seed's adaptations start from its seed's model; CC-SSL-R fine-tunes its seed's CC-SSL model
+of the same shift on the labelled target. The runs are ``da-pose`` commands (one process each,
+``--jobs`` at a time, each with ``cores / jobs`` torch threads) in one MLflow experiment, named
+``<config>_<bb>[_<shift>]_s<seed>``. Resumable: a run already FINISHED in MLflow is skipped, an
+interrupted one continues from its last checkpoint (``--resume auto``), and a failed run only stops
+the runs that depend on it. Logs: ``<out>/<experiment>/logs/<run>.log``.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from pathlib import Path
 
 from da_pose.adapt import METHODS as ADAPTATION_METHODS
 from da_pose.config import BASELINES
+from da_pose.data.toy.presets import SHIFTS, parse_shifts
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "experiments/toy"
@@ -35,6 +48,9 @@ class Job:
     name: str
     argv: list[str]  # the da-pose command after the executable, without the shared options
     after: list[str] = field(default_factory=list)  # job names that must finish first
+    kind: str = "train"  # train: gets the shared run options; evaluate: ``da-pose evaluate --log``
+    shift: str | None = None
+    tags: dict = field(default_factory=dict)  # set on the job's MLflow run once it finished
 
 
 # backbone -> (run-name tag, --set for every run, --set for training from scratch); the toy
@@ -44,45 +60,139 @@ BACKBONES: dict[str, tuple[str, list[str], list[str]]] = {
     "resnet18": ("r18", ["model.backbone=resnet18", "model.deconv_layers=3", "model.deconv_filters=128"],
                  ["train.lr=0.001"]),  # experiments/toy/pretrain_resnet.yaml
 }
+# trained on the source alone: once per seed (on the home shift's folder), evaluated on every other shift
+SOURCE_TRAINED = ("source_only", "source_only_ext")
 
 
-def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass") -> list[Job]:
-    """The jobs of every seed in dependency order (pretraining and oracle first)."""
-    tag, model_sets, scratch_sets = BACKBONES[backbone]
-    jobs = []  # (method rank, seed, job)
+def shift_dir(shift: str) -> str:
+    """The folder and run-name part of a shift: ``pose,shape`` -> ``pose+shape``."""
+    return shift.replace(",", "+")
+
+
+def home_shift(shifts: list[str]) -> str:
+    """The shift whose folder the source-trained models are trained with (their target test rows)."""
+    return "all" if "all" in shifts else shifts[0]
+
+
+def run_name(base: str, backbone: str, seed: int, shift: str | None = None) -> str:
+    """``<base>_<bb>[_<shift>]_s<seed>``, e.g. ``oracle_hg_pose_s0``."""
+    mid = f"_{shift_dir(shift)}" if shift else ""
+    return f"{base}_{BACKBONES[backbone][0]}{mid}_s{seed}"
+
+
+def _seed_table(s: int, runs: Path, experiment: str, backbone: str, shift: str | None) -> dict[str, tuple]:
+    """method -> (job name, command, config, extra --set, depends on) for one seed and shift."""
+    _, _, scratch_sets = BACKBONES[backbone]
+
+    def name(base: str, per_shift: bool = True) -> str:
+        return run_name(base, backbone, s, shift if per_shift else None)
+
+    pre, ccssl = name("pretrain", False), name("ccssl")
+    init = str(runs / experiment / pre / "last.pt")
+    table = {
+        "source_only": (pre, "pretrain", "pretrain_hg", scratch_sets, []),
+        "oracle": (name("oracle"), "finetune", "oracle_hg", scratch_sets, []),
+        # control: source-only training continued for as many steps as CC-SSL adds
+        "source_only_ext": (name("source_only_ext", False), "pretrain", "source_only_ext_hg", [f"init={init}"], [pre]),
+        # CC-SSL-R: the CC-SSL model fine-tuned on the labelled target (uses target labels)
+        "ccssl_r": (name("ccssl_r"), "finetune", "ccssl_r_hg", [f"init={runs / experiment / ccssl / 'last.pt'}"],
+                    [ccssl]),
+    }
+    for method in ADAPTATION:  # every registered method: adapt NAME experiments/toy/NAME_hg.yaml
+        table[method] = (name(method), f"adapt {method}", f"{method}_hg", [f"init={init}"], [pre])
+    return table
+
+
+def _evaluate_job(name: str, trained: str, runs: Path, experiment: str, root: str, seed: int, shift: str) -> Job:
+    """A source-trained model on another shift's target test split, logged as its own MLflow run."""
+    argv = ["evaluate", "--checkpoint", str(runs / experiment / trained / "last.pt"), "--split", "test",
+            "--out", str(runs / experiment / name / "evaluate"), "--log",
+            "--set", f"name={name}", "--set", f"data.root={root}"]
+    return Job(name, argv, [trained], kind="evaluate", shift=shift,
+               tags={"shift": shift, "seed": str(seed), "source_run": trained})
+
+
+def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass", shifts=None,
+         data: str = "data") -> list[Job]:
+    """The jobs of every seed (and shift) in dependency order (pretraining and oracle first).
+
+    ``methods``: a list for every shift, or ``{shift: list}``. ``shifts``: None runs on one
+    dataset (the shared ``data.root``) with the historical run names; else each shift's runs use
+    ``<data>/<shift>`` and carry the shift in their names, except the source-trained models.
+    """
+    _, model_sets, _ = BACKBONES[backbone]
+    per_shift = {None: list(methods)} if shifts is None else {
+        sh: list(methods[sh] if isinstance(methods, dict) else methods) for sh in shifts}
+    home = None if shifts is None else home_shift(list(shifts))
+    if home is not None:  # the shared source models are trained with the home shift's data
+        wanted = [m for m in SOURCE_TRAINED if any(m in ms for ms in per_shift.values())]
+        per_shift[home] = wanted + [m for m in per_shift[home] if m not in wanted]
+    # the shared source models first (their evaluations follow them), then the shifts in the order given
+    order = {sh: 1 + i for i, sh in enumerate(per_shift)}
+    jobs = []  # (method rank, seed, shift rank, job)
     for s in seeds:
-        def name(base: str) -> str:
-            return f"{base}_{tag}_s{s}"
-
-        pre, ccssl = name("pretrain"), name("ccssl")
-        init = str(runs / experiment / pre / "last.pt")
-        table = {
-            # method: (job name, command, config, extra --set, depends on)
-            "source_only": (pre, "pretrain", "pretrain_hg", scratch_sets, []),
-            "oracle": (name("oracle"), "finetune", "oracle_hg", scratch_sets, []),
-            # control: source-only training continued for as many steps as CC-SSL adds
-            "source_only_ext": (name("source_only_ext"), "pretrain", "source_only_ext_hg", [f"init={init}"], [pre]),
-            # CC-SSL-R: the CC-SSL model fine-tuned on the labelled target (uses target labels)
-            "ccssl_r": (name("ccssl_r"), "finetune", "ccssl_r_hg",
-                        [f"init={runs / experiment / ccssl / 'last.pt'}"], [ccssl]),
-        }
-        for method in ADAPTATION:  # every registered method: adapt NAME experiments/toy/NAME_hg.yaml
-            table[method] = (name(method), f"adapt {method}", f"{method}_hg", [f"init={init}"], [pre])
-        for method in methods:
-            job_name, command, config, sets, after = table[method]
-            argv = command.split() + [f"{TOY}/{config}.yaml", "--seed", str(s)]
-            for kv in [f"name={job_name}", *model_sets, *sets]:
-                argv += ["--set", kv]
-            jobs.append((METHODS.index(method), s,
-                         Job(job_name, argv, [a for a in after if any(table[m][0] == a for m in methods)])))
+        for sh, ms in per_shift.items():
+            table = _seed_table(s, runs, experiment, backbone, sh)
+            root = f"{data}/{shift_dir(sh)}" if sh else None
+            for method in ms:
+                job_name, command, config, sets, after = table[method]
+                if sh is not None and sh != home and method in SOURCE_TRAINED:
+                    job = _evaluate_job(run_name(method, backbone, s, sh), job_name, runs, experiment, root, s, sh)
+                else:
+                    argv = command.split() + [f"{TOY}/{config}.yaml", "--seed", str(s)]
+                    for kv in [f"name={job_name}", *model_sets, *sets, *([f"data.root={root}"] if root else [])]:
+                        argv += ["--set", kv]
+                    job = Job(job_name, argv, list(after), shift=sh)
+                rank = 0 if sh == home and method in SOURCE_TRAINED else order[sh]
+                jobs.append((METHODS.index(method), s, rank, job))
+    names = {job.name for *_, job in jobs}
+    for *_, job in jobs:  # a dependency on a method not asked for: its run exists already
+        job.after = [a for a in job.after if a in names]
     # method-major: an interrupted benchmark has the main rows for every seed before the ablations
-    return [job for _, _, job in sorted(jobs, key=lambda t: t[:2])]
+    return [job for *_, job in sorted(jobs, key=lambda t: t[:3])]
 
 
 # in the order they are run: the main rows first, then every other registered method
 ADAPTATION = tuple(m for m in ADAPTATION_METHODS if (ROOT / TOY / f"{m}_hg.yaml").is_file())
 MAIN = ("source_only", "oracle", "ccssl", "wscda", "wscda_pplo", "plain_pl", "source_only_ext", "ccssl_r")
 METHODS = tuple(m for m in MAIN if m in ADAPTATION or m in BASELINES) + tuple(m for m in ADAPTATION if m not in MAIN)
+SINGLE_SHIFTS = tuple(SHIFTS)
+MATRICES = ("default", "full", "calibration")
+
+
+def matrix_methods(matrix: str, shifts: list[str]) -> dict[str, list[str]]:
+    """shift -> methods of a ``--matrix``: ``calibration`` the two references everywhere;
+    ``default`` the main rows everywhere and the ablations on ``all`` (or the home shift);
+    ``full`` every method everywhere."""
+    if matrix == "calibration":
+        return {sh: ["source_only", "oracle"] for sh in shifts}
+    if matrix == "full":
+        return {sh: list(METHODS) for sh in shifts}
+    main = [m for m in METHODS if m in MAIN]
+    home = home_shift(shifts)
+    return {sh: list(METHODS) if sh == home else main for sh in shifts}
+
+
+# Rough minutes of one run at one torch thread on the demo preset (measured here: 36 demo runs in
+# 3,010 s two at a time, pretraining about 3 min), and how a preset's data scales them.
+MINUTES = {"pretrain": 3.0, "finetune": 2.5, "adapt": 3.0, "evaluate": 0.5, "generate": 1.5}
+PRESET_SCALE = {"tiny": 0.05, "demo": 1.0, "benchmark": 5.0}
+
+
+def run_minutes(kind: str, preset: str) -> float:
+    """Rough minutes of one ``kind`` of run at one thread on ``preset``."""
+    scale = PRESET_SCALE.get(preset, 1.0)
+    if kind == "adapt":  # the adaptation steps are fixed; the pseudo-labelling passes scale with the data
+        return MINUTES["adapt"] * (0.6 + 0.4 * scale)
+    return MINUTES[kind] * scale
+
+
+def estimate_minutes(jobs: list[Job], preset: str, n_jobs: int, threads: int, datasets: int) -> float:
+    """Wall minutes: the runs' work spread over ``n_jobs`` slots, each faster with more threads
+    (assumed 1.6x per doubling), plus generating ``datasets`` folders on every core."""
+    speed = 1.6 ** max(threads.bit_length() - 1, 0)
+    work = sum(run_minutes(j.argv[0], preset) for j in jobs)
+    return work / max(n_jobs, 1) / speed + datasets * run_minutes("generate", preset) / max(n_jobs * threads, 1)
 
 
 def finished_runs(experiment: str, tracking_uri: str) -> set[str]:
@@ -98,9 +208,36 @@ def finished_runs(experiment: str, tracking_uri: str) -> set[str]:
     return {r.info.run_name for r in runs}
 
 
-def run_all(jobs: list[Job], shared: list[str], done: set[str], n_jobs: int, threads: int, logs: Path,
-            bin_dir: Path) -> dict[str, str]:
-    """Run the jobs not in ``done``, at most ``n_jobs`` at a time; returns name -> outcome."""
+def tag_runs(jobs: list[Job], experiment: str, tracking_uri: str) -> None:
+    """Set each job's ``tags`` on its FINISHED run (idempotent: also mends a run whose tagging
+    was interrupted). ``da-pose evaluate --log`` knows no seed nor shift, the plan does."""
+    jobs = [j for j in jobs if j.tags]
+    if not jobs:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=10000)
+    by_name = {r.info.run_name: r for r in runs}
+    for job in jobs:
+        run = by_name.get(job.name)
+        if run is not None:
+            for key, value in job.tags.items():
+                if run.data.tags.get(key) != value:
+                    client.set_tag(run.info.run_id, key, value)
+
+
+def run_all(jobs: list[Job], shared: dict[str, list[str]], done: set[str], n_jobs: int, threads: int, logs: Path,
+            bin_dir: Path, on_finished=None) -> dict[str, str]:
+    """Run the jobs not in ``done``, at most ``n_jobs`` at a time; returns name -> outcome.
+
+    ``shared``: the options appended per job kind (``train``, ``evaluate``); ``on_finished(job)``
+    runs after each job that exited 0.
+    """
     logs.mkdir(parents=True, exist_ok=True)
     outcome = {j.name: "finished earlier" for j in jobs if j.name in done}
     pending = [j for j in jobs if j.name not in done]
@@ -110,7 +247,8 @@ def run_all(jobs: list[Job], shared: list[str], done: set[str], n_jobs: int, thr
     def launch(job: Job) -> tuple[Job, int, float]:
         t0 = time.perf_counter()
         with open(logs / f"{job.name}.log", "ab") as log:
-            rc = subprocess.call([exe, *job.argv, *shared], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            rc = subprocess.call([exe, *job.argv, *shared[job.kind]], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 cwd=ROOT)
         return job, rc, time.perf_counter() - t0
 
     running = {}
@@ -136,19 +274,92 @@ def run_all(jobs: list[Job], shared: list[str], done: set[str], n_jobs: int, thr
                 job, rc, dt = fut.result()
                 del running[fut]
                 outcome[job.name] = f"finished in {dt:.0f} s" if rc == 0 else f"failed (exit {rc}, see {logs / job.name}.log)"
+                if rc == 0 and on_finished is not None:
+                    on_finished(job)
                 print(f"[benchmark] {job.name}: {outcome[job.name]}", flush=True)
     return outcome
 
 
-def main(argv=None) -> int:
+def ensure_data(shifts, data: str, preset: str, seed: int, bin_dir: Path) -> int:
+    """Generate ``<data>/<shift>`` (or ``data`` without shifts) where its manifest is missing;
+    returns how many folders were written."""
+    folders = [(None, data)] if shifts is None else [(sh, f"{data}/{shift_dir(sh)}") for sh in shifts]
+    have = [f for _, f in folders if (Path(f) / "manifest.json").is_file()]
+    written = 0
+    for sh, folder in folders:
+        if folder in have:
+            continue
+        cmd = [str(bin_dir / "da-pose"), "data", "generate", "--preset", preset, "--out", folder,
+               "--seed", str(seed), "--workers", str(os.cpu_count() or 1)]
+        if sh:
+            cmd += ["--shift", sh]
+        # the source and other domains are the same under every shift: render them once
+        reuse = ["--source-from", have[0]] if have else []
+        if subprocess.call(cmd + reuse, cwd=ROOT) != 0:
+            if not reuse:
+                raise subprocess.CalledProcessError(1, cmd)
+            subprocess.check_call(cmd, cwd=ROOT)  # e.g. a folder of another seed: render everything
+        have.append(folder)
+        written += 1
+    return written
+
+
+def _metric(run, keys=("target_test/pck@0.05_crop/mean", "eval/pck@0.05_crop/mean")):
+    """A training run's target test figure, or an evaluate run's (MLflow stores ``@`` escaped)."""
+    from da_pose.tracking import metric_name
+
+    metrics = {metric_name(k): v for k, v in run.data.metrics.items()}
+    return next((metrics[k] for k in keys if k in metrics), None)
+
+
+def calibration_table(experiment: str, tracking_uri: str, backbone: str = "hourglass") -> str:
+    """Markdown: per shift, source-only and oracle target-test crop PCK (mean over seeds) and the
+    gap, from the experiment's FINISHED runs (the source-only rows of other shifts are the
+    ``evaluate`` runs). The calibration rule (docs/shifts.md): gap >= 10 points on every single shift."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return "(no runs)"
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=10000):
+        tags, value = run.data.tags, _metric(run)
+        if value is None or "shift" not in tags or tags.get("method") not in ("source_only", "oracle"):
+            continue
+        if tags.get("backbone", backbone) != backbone:
+            continue
+        cells.setdefault((tags["shift"], tags["method"]), {})[tags.get("seed", "?")] = value
+    order = [*SINGLE_SHIFTS, "all"]
+    shifts = sorted({sh for sh, _ in cells}, key=lambda sh: (order.index(sh) if sh in order else len(order), sh))
+    lines = ["| shift | source_only | oracle | gap | seeds |", "|---|---|---|---|---|"]
+    for sh in shifts:
+        so, orc = cells.get((sh, "source_only"), {}), cells.get((sh, "oracle"), {})
+        mean = lambda d: sum(d.values()) / len(d) if d else None  # noqa: E731
+        a, b = mean(so), mean(orc)
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731  (the metrics are in %)
+        gap = "-" if a is None or b is None else f"{b - a:.1f}"
+        seeds = ",".join(sorted(set(so) & set(orc))) or "-"
+        lines.append(f"| {sh} | {fmt(a)} | {fmt(b)} | {gap} | {seeds} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="benchmark", help="generator preset written to --data when missing")
-    ap.add_argument("--data", default=None, help="benchmark folder (default data/<preset>)")
+    ap.add_argument("--data", default=None, help="benchmark folder, one subfolder per shift (default data/<preset>)")
+    ap.add_argument("--data-seed", type=int, default=0, help="generator seed of data written when missing")
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default toy-<preset>)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--matrix", default="default", choices=MATRICES,
+                    help="what runs: default (main methods x shifts, ablations on all), full, calibration")
+    ap.add_argument("--shifts", nargs="+", default=None,
+                    help="shifts (a comma list combines), 'none' for one dataset without shifts "
+                         f"(default: {' '.join(SINGLE_SHIFTS)} all)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="replaces the matrix's methods")
     ap.add_argument("--backbone", default="hourglass", choices=list(BACKBONES),
-                    help="the toy configs' hourglass, or a ResNet-18 SimpleBaseline (runs named *_r18_s<seed>)")
+                    help="the toy configs' hourglass, or a ResNet-18 SimpleBaseline (runs named *_r18_*)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--tracking-uri", default="sqlite:///mlruns.db")
@@ -156,32 +367,71 @@ def main(argv=None) -> int:
     ap.add_argument("--bin", default=str(Path(sys.executable).parent), help="folder holding da-pose")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (repeatable), e.g. --set device=cuda")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and what is finished; run nothing")
-    args = ap.parse_args(argv)
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, what is finished and an estimated time")
+    return ap.parse_args(argv)
+
+
+def resolve_shifts(names) -> list[str] | None:
+    """``--shifts``: canonical shift names (a comma list in SHIFTS order), None for ``none``."""
+    if names is None:
+        return [*SINGLE_SHIFTS, "all"]
+    if names == ["none"]:
+        return None
+    out = []
+    for name in names:
+        canon = ",".join(parse_shifts(name))
+        if canon not in out:
+            out.append(canon)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     data = args.data or f"data/{args.preset}"
     experiment = args.experiment or f"toy-{args.preset}"
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = Path(args.out)
-    jobs = plan(args.seeds, args.methods, runs, experiment, args.backbone)
+    shifts = resolve_shifts(args.shifts)
+    if args.methods is not None:
+        methods = list(args.methods)
+    elif shifts is None:
+        methods = ["source_only", "oracle"] if args.matrix == "calibration" else list(METHODS)
+    else:
+        methods = matrix_methods(args.matrix, shifts)
+    jobs = plan(args.seeds, methods, runs, experiment, args.backbone, shifts, data)
     done = finished_runs(experiment, args.tracking_uri)
     if args.dry_run:
         for j in jobs:
             state = "finished" if j.name in done else "to run"
-            print(f"{j.name:34s} {state:9s} da-pose {' '.join(j.argv)}" + (f"  (after {', '.join(j.after)})" if j.after else ""))
+            print(f"{j.name:40s} {state:9s} da-pose {' '.join(j.argv)}" + (f"  (after {', '.join(j.after)})" if j.after else ""))
+        todo = [j for j in jobs if j.name not in done]
+        folders = [data] if shifts is None else [f"{data}/{shift_dir(sh)}" for sh in shifts]
+        missing = sum(not (Path(f) / "manifest.json").is_file() for f in folders)
+        minutes = estimate_minutes(todo, args.preset, args.jobs, threads, missing)
+        print(f"\n[benchmark] {len(todo)} of {len(jobs)} runs to do, {missing} data folders to generate; "
+              f"estimated {minutes:.0f} min with {args.jobs} jobs x {threads} threads (rough: per-run minutes "
+              f"measured on the demo preset, scaled by the data size)")
         return 0
     bin_dir = Path(args.bin)
     t0 = time.perf_counter()
-    if not (Path(data) / "manifest.json").is_file():
-        subprocess.check_call([str(bin_dir / "da-pose"), "data", "generate", "--preset", args.preset, "--out", data,
-                               "--seed", "0", "--workers", str(os.cpu_count() or 1)], cwd=ROOT)
-    shared = ["--set", f"data.root={data}", "--set", f"experiment={experiment}", "--set", f"out_dir={runs}",
-              "--tracking-uri", args.tracking_uri, "--resume", "auto"]
-    for kv in args.sets:
-        shared += ["--set", kv]
-    outcome = run_all(jobs, shared, done, args.jobs, threads, runs / experiment / "logs", bin_dir)
+    ensure_data(shifts, data, args.preset, args.data_seed, bin_dir)
+    user = [a for kv in args.sets for a in ("--set", kv)]
+    common = ["--set", f"experiment={experiment}", "--tracking-uri", args.tracking_uri]
+    shared = {
+        # without shifts every run reads the one folder; with shifts each job names its own
+        "train": common + ["--set", f"out_dir={runs}", "--resume", "auto"]
+                 + (["--set", f"data.root={data}"] if shifts is None else []) + user,
+        "evaluate": common + user,
+    }
+    outcome = run_all(jobs, shared, done, args.jobs, threads, runs / experiment / "logs", bin_dir,
+                      on_finished=lambda job: tag_runs([job], experiment, args.tracking_uri))
+    tag_runs(jobs, experiment, args.tracking_uri)
     failed = [n for n, o in outcome.items() if not o.startswith("finished")]
     print(f"\n[benchmark] {len(jobs) - len(failed)} of {len(jobs)} runs finished; "
           f"{time.perf_counter() - t0:.0f} s this time")
+    if shifts is not None:
+        print("\n[benchmark] target test crop PCK, source-only vs oracle per shift:\n"
+              + calibration_table(experiment, args.tracking_uri, args.backbone))
     subprocess.call([str(bin_dir / "da-pose"), "compare", "--experiment", experiment, "--tracking-uri",
                      args.tracking_uri, "--out", str(runs / experiment / "compare")], cwd=ROOT)
     if failed:

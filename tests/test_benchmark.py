@@ -59,7 +59,7 @@ def test_plan_drops_dependencies_on_methods_not_asked_for(bench):
 def test_failed_dependency_skips_its_dependents(bench, tmp_path, mlflow_template, capsys):
     """A pretraining that fails (a config error here) stops the runs that start from it, exit 1."""
     uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
-    rc = bench.main(["--data", str(tmp_path / "nodata"), "--experiment", "e", "--seeds", "0",
+    rc = bench.main(["--data", str(tmp_path / "nodata"), "--experiment", "e", "--seeds", "0", "--shifts", "none",
                      "--methods", "source_only", "source_only_ext", "--tracking-uri", uri, "--out", str(tmp_path / "runs"),
                      "--set", "train.no_such_key=1", "--preset", "tiny"])
     out, err = capsys.readouterr()
@@ -77,7 +77,7 @@ def test_runs_then_skips_finished_runs(bench, tiny_benchmark, tmp_path, mlflow_t
     keep = [kv for kv in tiny_overrides(tiny_benchmark, tmp_path)
             if kv.split("=")[0] not in ("out_dir", "tracking_uri", "name", "experiment", "data.root")]
     sets = [a for kv in keep + ["train.epochs=1", "train.max_steps=2"] for a in ("--set", kv)]
-    argv = ["--data", str(tiny_benchmark), "--experiment", "bench", "--seeds", "0", "--jobs", "2",
+    argv = ["--data", str(tiny_benchmark), "--experiment", "bench", "--seeds", "0", "--jobs", "2", "--shifts", "none",
             "--methods", "source_only", "source_only_ext", "oracle", "--tracking-uri", uri,
             "--out", str(tmp_path / "runs"), "--bin", str(Path(sys.executable).parent), *sets]
     assert bench.main(argv) == 0
@@ -95,3 +95,91 @@ def test_runs_then_skips_finished_runs(bench, tiny_benchmark, tmp_path, mlflow_t
     assert "start " not in capsys.readouterr().out
     second = client.search_runs([exp.experiment_id], "tags.command != 'compare'")
     assert len(second) == 3
+
+
+# ------------------------------------------------------------------------------------ shifts
+
+
+def test_shift_plan_pretrains_once_per_seed_and_evaluates_it_on_the_other_shifts(bench):
+    shifts = ["pose", "shape", "all"]
+    jobs = bench.plan([0, 1], bench.matrix_methods("calibration", shifts), Path("runs"), "exp", shifts=shifts,
+                      data="data/s")
+    by_name = {j.name: j for j in jobs}
+    assert sorted(by_name) == sorted(
+        [f"pretrain_hg_s{s}" for s in (0, 1)]
+        + [f"oracle_hg_{sh}_s{s}" for sh in shifts for s in (0, 1)]
+        + [f"source_only_hg_{sh}_s{s}" for sh in ("pose", "shape") for s in (0, 1)])
+    pre = by_name["pretrain_hg_s1"]  # the home shift is `all`: its target test row is the pretraining's
+    assert pre.kind == "train" and "data.root=data/s/all" in pre.argv and pre.after == []
+    ev = by_name["source_only_hg_pose_s1"]
+    assert ev.kind == "evaluate" and ev.argv[0] == "evaluate" and ev.after == ["pretrain_hg_s1"]
+    assert "runs/exp/pretrain_hg_s1/last.pt" in ev.argv and "data.root=data/s/pose" in ev.argv
+    assert ev.tags == {"shift": "pose", "seed": "1", "source_run": "pretrain_hg_s1"}
+    assert "data.root=data/s/shape" in by_name["oracle_hg_shape_s0"].argv
+    position = {j.name: i for i, j in enumerate(jobs)}
+    assert all(position[a] < position[j.name] for j in jobs for a in j.after)
+
+
+def test_default_matrix_runs_the_ablations_on_all_only(bench):
+    shifts = ["pose", "all"]
+    methods = bench.matrix_methods("default", shifts)
+    assert "ccssl_no_temporal" in methods["all"] and "ccssl_no_temporal" not in methods["pose"]
+    assert {"source_only", "oracle", "ccssl", "plain_pl", "ccssl_r"} <= set(methods["pose"])
+    assert methods["all"] == list(bench.METHODS)
+    assert bench.matrix_methods("full", shifts) == {sh: list(bench.METHODS) for sh in shifts}
+    jobs = {j.name: j for j in bench.plan([0], methods, Path("runs"), "exp", shifts=shifts, data="d")}
+    assert jobs["ccssl_hg_pose_s0"].after == ["pretrain_hg_s0"]
+    assert "init=runs/exp/pretrain_hg_s0/last.pt" in jobs["ccssl_hg_pose_s0"].argv
+    assert jobs["ccssl_r_hg_pose_s0"].after == ["ccssl_hg_pose_s0"]  # CC-SSL-R from its own shift's CC-SSL
+    # the source-trained control is trained once, on the home shift, and evaluated on the others
+    assert jobs["source_only_ext_hg_s0"].kind == "train" and jobs["source_only_ext_hg_pose_s0"].kind == "evaluate"
+    assert jobs["source_only_ext_hg_pose_s0"].after == ["source_only_ext_hg_s0"]
+
+
+def test_shift_names_are_canonical_and_checked(bench):
+    assert bench.resolve_shifts(None) == ["appearance", "context", "pose", "shape", "occlusion", "video", "all"]
+    assert bench.resolve_shifts(["shape,pose", "pose,shape", "all"]) == ["pose,shape", "all"]
+    assert bench.resolve_shifts(["none"]) is None
+    assert bench.shift_dir("pose,shape") == "pose+shape"
+    from da_pose.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="valid: appearance"):
+        bench.resolve_shifts(["weather"])
+
+
+def test_dry_run_prints_the_plan_and_an_estimate(bench, tmp_path, mlflow_template, capsys):
+    uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
+    rc = bench.main(["--dry-run", "--matrix", "calibration", "--shifts", "pose", "shape", "--seeds", "0",
+                     "--preset", "demo", "--data", str(tmp_path / "d"), "--tracking-uri", uri, "--jobs", "1",
+                     "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and not (tmp_path / "d").exists()  # nothing generated, nothing run
+    assert "pretrain_hg_s0" in out and "source_only_hg_shape_s0" in out and "oracle_hg_pose_s0" in out
+    assert "4 of 4 runs to do, 2 data folders to generate; estimated" in out
+
+
+@pytest.mark.slow
+def test_calibration_matrix_runs_per_shift_with_tags(bench, tmp_path, mlflow_template, capsys):
+    uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
+    sets = ["data.input_size=64", "data.heatmap_size=16", "model.depth=2", "model.features=16", "train.batch_size=4",
+            "train.epochs=1", "train.max_steps=2", "train.lr_milestones=[]", "device=cpu"]
+    argv = ["--matrix", "calibration", "--shifts", "pose", "shape", "--seeds", "0", "--preset", "tiny", "--jobs", "1",
+            "--data", str(tmp_path / "data"), "--experiment", "cal", "--tracking-uri", uri, "--out",
+            str(tmp_path / "runs"), "--bin", str(Path(sys.executable).parent), *[a for kv in sets for a in ("--set", kv)]]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 runs finished" in out and "| pose |" in out and "| shape |" in out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("cal")
+    tags = {r.info.run_name: r.data.tags for r in client.search_runs([exp.experiment_id], "tags.command != 'compare'")}
+    assert {n: (t.get("shift"), t.get("method"), t.get("command")) for n, t in tags.items()} == {
+        "pretrain_hg_s0": ("pose", "source_only", "pretrain"),
+        "source_only_hg_shape_s0": ("shape", "source_only", "evaluate"),
+        "oracle_hg_pose_s0": ("pose", "oracle", "finetune"),
+        "oracle_hg_shape_s0": ("shape", "oracle", "finetune"),
+    }
+    assert tags["source_only_hg_shape_s0"]["seed"] == "0"
+    # the second shift's folder took its source from the first: the same files, linked
+    a = tmp_path / "data" / "pose" / "synthetic_animal"
+    b = tmp_path / "data" / "shape" / "synthetic_animal"
+    assert sorted(p.name for p in a.rglob("*.png")) == sorted(p.name for p in b.rglob("*.png"))

@@ -90,9 +90,10 @@ def test_manifest_matches_schema(bench):
     assert src["crop_factor"] == 1.25
     assert src["count"] == 6 and src["split"] == {"train": 4, "val": 2}
     assert len(set(src["vertex_ids"])) == 18 and max(src["vertex_ids"]) < domains.NUM_VERTICES
-    assert set(tgt) == {"format", "root", "species", "count", "videos", "split", "split_files", "crop_factor"}
+    assert set(tgt) == {"format", "root", "species", "count", "videos", "split", "split_files", "crop_factor",
+                        "val_shots"}
     assert (tgt["format"], tgt["root"], tgt["videos"], tgt["crop_factor"]) == ("tigdog", "behaviorDiscovery2.0", 2, 1.5)
-    assert tgt["split"]["train"] + tgt["split"]["test"] == tgt["count"] <= 8
+    assert tgt["split"]["train"] + tgt["split"]["val"] + tgt["split"]["test"] == tgt["count"] <= 8
     assert tgt["split_files"] == {
         "train": "behaviorDiscovery2.0/splits/toyhorse/train_idxs_by_video.npy",
         "test": "behaviorDiscovery2.0/splits/toyhorse/valid_idxs_by_video.npy",

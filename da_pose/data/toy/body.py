@@ -112,7 +112,12 @@ class QuadPose:
     degrees; ``neck_pitch`` the neck's angle above the horizontal; ``head_pitch`` the head's
     absolute angle (negative = muzzle down); ``head_yaw`` turns the head toward the animal's
     left (+) or right (-); ``jitter`` (12,) degrees added to the three segment angles of the
-    legs LF, RF, LB, RB (random joint perturbation).
+    legs LF, RF, LB, RB (random joint perturbation). Postures outside a gait: ``pitch`` raises
+    the forehand by that many degrees about the hind legs (rearing; the hind legs keep their
+    angles to the ground); ``fold`` (front, back) in [0, 1] folds the legs toward a tucked
+    posture (1: front legs tucked as in rearing or lying, back legs folded under the body as in
+    lying); ``in_step`` puts each right leg in the phase of its left partner, so in profile the
+    far legs move behind the near ones (and are hidden by them).
     """
 
     gait: str = "walk"
@@ -123,6 +128,9 @@ class QuadPose:
     head_yaw: float = 0.0
     tail_lift: float = 0.0
     jitter: tuple[float, ...] = (0.0,) * 12
+    pitch: float = 0.0
+    fold: tuple[float, float] = (0.0, 0.0)
+    in_step: bool = False
 
 
 # Phase offsets per leg (LF, RF, LB, RB): a lateral-sequence walk (LB, LF, RB, RF a quarter
@@ -174,6 +182,34 @@ def _leg_angles(front: bool, psi: float, stride: float, jitter) -> tuple[float, 
     return a1 + jitter[0], a2 + jitter[1], a3 + jitter[2]
 
 
+# Segment angles (from straight down, + forward) of fully folded legs: the forearm forward and
+# level, the cannon tucked back under it (front); stifle forward, hock back and up, cannon
+# forward under the belly (back): a horse lying on its sternum, or the forelegs of a rearing one.
+FOLDED = {"front": (-20.0, 80.0, -105.0), "back": (65.0, -115.0, 75.0)}
+
+
+def _posture(angles: tuple[float, float, float], front: bool, pose: QuadPose) -> tuple[float, float, float]:
+    """Gait angles moved toward the folded posture, and for rearing the hind legs counter-rotated
+    so they keep their angle to the ground once the body is pitched up."""
+    fold = pose.fold[0 if front else 1]
+    if fold > 0:
+        folded = FOLDED["front" if front else "back"]
+        angles = tuple(a + fold * (f - a) for a, f in zip(angles, folded))
+    if pose.pitch and not front:
+        angles = tuple(a - pose.pitch for a in angles)
+    return angles
+
+
+def _pitch_about(points: np.ndarray, pivot: np.ndarray, pitch_deg: float) -> np.ndarray:
+    """Rotate (N, 3) points in the x-y plane about ``pivot``; + raises the front (x forward)."""
+    a = math.radians(pitch_deg)
+    c, s = math.cos(a), math.sin(a)
+    rel = points - pivot
+    x = rel[..., 0] * c - rel[..., 1] * s
+    y = rel[..., 0] * s + rel[..., 1] * c
+    return np.stack([x, y, rel[..., 2]], axis=-1) + pivot
+
+
 def quadruped(shape: QuadShape, pose: QuadPose) -> Figure:
     """Pose the toy horse.
 
@@ -200,12 +236,16 @@ def quadruped(shape: QuadShape, pose: QuadPose) -> Figure:
         p[Q[f"{side}_hip_socket"]] = (-0.36, 0.08, z)
 
     legs = GAITS.get(pose.gait, GAITS["walk"])
+    if pose.in_step:  # right legs in their left partner's phase: (LF, LF, LB, LB)
+        legs = (legs[0], legs[0], legs[2], legs[2])
     lengths_front = np.array([0.26, 0.34, 0.36]) * shape.leg
     lengths_back = np.array([0.32, 0.36, 0.38]) * shape.leg
     for k, (_, _, root, upper, lower, hoof, toe) in enumerate(_QUAD_LEGS):
         front = k < 2
         psi = 2 * math.pi * (pose.phase + legs[k])
         angles = _leg_angles(front, psi, pose.stride, pose.jitter[3 * k: 3 * k + 3])
+        if pose.pitch or pose.fold[0 if front else 1] > 0:
+            angles = _posture(angles, front, pose)
         lengths = lengths_front if front else lengths_back
         p[Q[upper]] = p[Q[root]] + lengths[0] * _direction(angles[0])
         p[Q[lower]] = p[Q[upper]] + lengths[1] * _direction(angles[1])
@@ -266,6 +306,9 @@ def quadruped(shape: QuadShape, pose: QuadPose) -> Figure:
         prev = p[Q[name]]
         angle -= 28.0
 
+    if pose.pitch:  # rearing: the whole body turns up about the hip sockets
+        p = _pitch_about(p, np.array([-0.36, 0.08, 0.0]), pose.pitch)
+        eye_normals = {k: _pitch_about(v[None], np.zeros(3), pose.pitch)[0] for k, v in eye_normals.items()}
     hooves = [Q[h] for *_, h, _ in _QUAD_LEGS]
     p[:, 1] -= p[hooves, 1].min()
 

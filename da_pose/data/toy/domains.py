@@ -7,9 +7,11 @@ a :class:`~da_pose.data.toy.presets.Style`, and returns pixels and labels; writi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from da_pose.data.skeleton import NUM_JOINTS
@@ -59,6 +61,9 @@ class QuadMotion:
     jitter: tuple[float, ...]  # 12 static joint offsets, degrees
     wobble: tuple[float, ...]  # amplitudes of slow head and joint variation, degrees
     wobble_phase: float
+    pitch: float = 0.0  # rearing: forehand raised, degrees
+    fold: tuple[float, float] = (0.0, 0.0)  # front, back leg fold (rearing, lying)
+    in_step: bool = False  # far legs in step behind the near ones
 
     def pose(self, frame: int = 0, frames: int = 1) -> body.QuadPose:
         t = 2 * math.pi * (frame / max(frames, 1)) + self.wobble_phase
@@ -72,13 +77,32 @@ class QuadMotion:
             head_yaw=self.head_yaw + self.wobble[2] * math.sin(0.5 * t + 2.0),
             tail_lift=self.tail_lift,
             jitter=tuple(float(v) for v in j),
+            pitch=self.pitch,
+            fold=self.fold,
+            in_step=self.in_step,
         )
 
 
+def sample_posture(rng: np.random.Generator, style: Style) -> dict:
+    """Rearing, lying and in-step legs, drawn only for the knobs that are on (a style with all
+    three at 0, the source's, draws nothing: its samples stay what they were before these knobs)."""
+    out = {}
+    if style.rear + style.lie > 0:
+        u = float(rng.random())
+        if u < style.rear:  # forehand up 30-55 degrees, forelegs tucked
+            out = {"pitch": float(rng.uniform(30, 55)), "fold": (float(rng.uniform(0.6, 1.0)), 0.0)}
+        elif u < style.rear + style.lie:  # all four legs folded under the body
+            out = {"fold": (float(rng.uniform(0.85, 1.0)), float(rng.uniform(0.85, 1.0)))}
+    if style.in_step > 0 and rng.random() < style.in_step:
+        out["in_step"] = True
+    return out
+
+
 def sample_motion(rng: np.random.Generator, style: Style, speed: tuple[float, float] = (0.0, 0.0)) -> QuadMotion:
-    """Gait, stride, head pose and joint perturbation drawn from the style."""
+    """Gait, stride, head pose and joint perturbation drawn from the style (then rearing, lying
+    and in-step legs where the style turns them on)."""
     gait = style.gaits[int(rng.integers(len(style.gaits)))]
-    return QuadMotion(
+    motion = QuadMotion(
         gait=gait,
         phase0=float(rng.uniform()),
         speed=_uniform(rng, speed) * (1.3 if gait == "trot" else 1.0),
@@ -91,6 +115,8 @@ def sample_motion(rng: np.random.Generator, style: Style, speed: tuple[float, fl
         wobble=(float(rng.uniform(0, 8)), float(rng.uniform(0, 10)), float(rng.uniform(0, 12)), float(rng.uniform(0, 3))),
         wobble_phase=float(rng.uniform(0, 2 * math.pi)),
     )
+    posture = sample_posture(rng, style)
+    return dataclasses.replace(motion, **posture) if posture else motion
 
 
 def sample_view(rng: np.random.Generator, style: Style, scale: float) -> View:
@@ -281,7 +307,9 @@ def target_shot(
     zoom=(-0.1, 0.1),
 ) -> Shot:
     """A shot of consecutive frames with smooth motion: the gait advances, the animal drifts
-    across the frame, the camera pans and zooms slowly, the head moves a little.
+    across the frame, the camera pans and zooms slowly, the head moves a little. The style's
+    video knobs add within-shot change (dropped and repeated frames, camera shake, motion-blur
+    bursts, an occluder passing), its ``truncation`` a shot cut by a frame edge.
 
     Landmark visibility: inside the frame, not behind a foreground occluder, and, for the eyes,
     facing the camera (the far eye is hidden in profile). Points hidden only by the animal's
@@ -296,28 +324,31 @@ def target_shot(
     yaw_drift, roll_drift = rng.uniform(-6, 6), rng.uniform(-4, 4)
     rel_speed = facing * _uniform(rng, drift)  # animal across the frame, px per frame
     pan_speed = facing * _uniform(rng, pan)  # background scrolls against the heading
+    times = _frame_times(rng, style, frames)  # the instant each frame shows (drops skip one)
 
     def frame_view(f: int, tx: float = 0.0, ty: float = 0.0) -> View:
-        t = f / max(frames - 1, 1)
+        t = times[f] / max(frames - 1, 1)
         return View(
             yaw=view0.yaw + yaw_drift * t,
             elevation=view0.elevation,
             roll=view0.roll + roll_drift * t,
             scale=view0.scale * (1 + zoom_total * t),
-            tx=tx + rel_speed * f,
+            tx=tx + rel_speed * times[f],
             ty=ty,
         )
 
-    figures = [body.quadruped(shape, motion.pose(f, frames)) for f in range(frames)]
+    figures = [body.quadruped(shape, motion.pose(times[f], frames)) for f in range(frames)]
     boxes = np.stack([extent(fig, frame_view(f)) for f, fig in enumerate(figures)])
     union = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
     tx, ty = place(rng, union, width, height, margin=3.0)
+    if style.truncation > 0 and rng.random() < style.truncation:
+        tx, ty = _truncate(rng, union, width, height, tx, ty)
 
-    span = int(math.ceil(abs(pan_speed) * frames)) + 2
+    span = int(math.ceil(abs(pan_speed) * (times[-1] + 1))) + 2
     scene = background(rng, style, height, width + span)
     # the camera follows the animal: scene content slides against the heading (crop start
     # grows for a right-facing animal)
-    offsets = [(1 + pan_speed * f) if pan_speed >= 0 else (span - 1 + pan_speed * f) for f in range(frames)]
+    offsets = [(1 + pan_speed * t) if pan_speed >= 0 else (span - 1 + pan_speed * t) for t in times]
     occluder = []
     if rng.random() < style.occlusion:
         box0 = union + np.array([tx, ty, tx, ty])
@@ -325,12 +356,17 @@ def target_shot(
     materials = quad_materials(rng, style, 512)
     cam = _camera(rng, style)
     light = render.light_gradient(rng, height, width, style.light)
+    fx = _video_effects(rng, style, frames, union + np.array([tx, ty, tx, ty]), width, height, motion.gait, facing)
 
     coords = np.zeros((frames, NUM_LANDMARKS, 2))
     vis = np.zeros((frames, NUM_LANDMARKS))
     images = []
     lm = list(range(NUM_JOINTS)) + [body.TAIL_TIP]
     for f, figure in enumerate(figures):
+        if f > 0 and times[f] == times[f - 1]:  # a duplicated frame: the same picture again
+            images.append(images[-1])
+            coords[f], vis[f] = coords[f - 1], vis[f - 1]
+            continue
         view = frame_view(f, tx, ty)
         off = offsets[f]
         x0 = int(math.floor(off))
@@ -342,6 +378,9 @@ def target_shot(
         label, _ = render.draw_figure(image, figure, view, materials, style.far_shade, style.near_shade)
         if occluder:
             paint.draw_occluder(image, label, occluder, dx=-off)
+        if fx["passer"]:
+            paint.draw_occluder(image, label, fx["passer"], dx=fx["passer_dx"][f])
+        image = _frame_effects(image, fx["shake"][f], fx["kernel"][f])
         images.append(render.finish(image, rng, cam["blur"] * rng.uniform(0.85, 1.15), cam["noise"], cam["gain"], light))
 
         xy, _ = body.project(figure.points[lm], view)
@@ -351,11 +390,96 @@ def target_shot(
         occluded = label[yi, xi] == render.OCCLUDER
         faces = body.facing_visible(figure, view)
         eyes_ok = np.array([faces.get(i, True) for i in lm])
+        xy = xy + fx["shake"][f]  # the whole frame moved with the camera
         # TigDog stores unlabelled points at 0, so a visible point needs x, y > 0
         ok = render.inside(xy, width, height, margin=1.0) & ~occluded & eyes_ok
         coords[f][ok] = xy[ok]
         vis[f][ok] = 1.0
     return Shot(images, coords, vis, cam["quality"], facing > 0)
+
+
+def _frame_times(rng: np.random.Generator, style: Style, frames: int) -> list[int]:
+    """The time step each frame shows: consecutive, except a dropped frame (the motion skips a
+    step) or a repeated one (the same step twice). No draw when both knobs are off."""
+    if style.frame_drop + style.frame_repeat <= 0:
+        return list(range(frames))
+    times = [0]
+    for u in rng.random(frames - 1):
+        step = 2 if u < style.frame_drop else 0 if u < style.frame_drop + style.frame_repeat else 1
+        times.append(times[-1] + step)
+    return times
+
+
+def _truncate(rng: np.random.Generator, box: np.ndarray, width: int, height: int, tx: float, ty: float):
+    """Move the shot's box (at translation 0) so that 15-40 % of it lies past the left, right or
+    bottom edge of the frame."""
+    cut = float(rng.uniform(0.15, 0.4))
+    edge = int(rng.integers(3))
+    w, h = box[2] - box[0], box[3] - box[1]
+    if edge == 0:
+        return -box[0] - cut * w, ty
+    if edge == 1:
+        return width - 1 - box[2] + cut * w, ty
+    return tx, height - 1 - box[3] + cut * h
+
+
+def _video_effects(rng, style: Style, frames: int, box: np.ndarray, width: int, height: int, gait: str,
+                   facing: float) -> dict:
+    """Per-frame camera shake (dx, dy), motion-blur kernels (bursts of 2-4 frames, ``burst_length``
+    pixels, longer at the trot) and an occluder passing in front of the animal; nothing is drawn
+    for knobs that are off.
+
+    Shape:
+        returns shake (F, 2) pixels, kernel: F entries (k, k) float32 or None, passer: occluder
+        commands (or []), passer_dx (F,) their horizontal offset per frame.
+    """
+    shake = np.zeros((frames, 2))
+    if style.shake > 0:
+        shake = rng.normal(0.0, style.shake, size=(frames, 2))
+    kernels = [None] * frames
+    if style.blur_burst > 0:
+        f = 0
+        while f < frames:
+            if rng.random() < style.blur_burst:
+                n = int(rng.integers(2, 5))
+                length = _uniform(rng, style.burst_length) * (1.3 if gait == "trot" else 1.0)
+                angle = float(rng.uniform(-20, 20))  # along the heading, roughly horizontal
+                for g in range(f, min(f + n, frames)):
+                    kernels[g] = _line_kernel(length * float(rng.uniform(0.7, 1.0)), angle)
+                f += n
+            else:
+                f += 1
+    passer, passer_dx = [], np.zeros(frames)
+    if style.passers > 0 and rng.random() < style.passers:
+        passer = paint.make_occluder(rng, box, height)
+        # crosses the animal mid-shot, coming from either side, a frame width in one shot
+        direction = 1.0 if rng.random() < 0.5 else -1.0
+        centre = float(rng.uniform(0.3, 0.7)) * max(frames - 1, 1)
+        passer_dx = direction * (np.arange(frames) - centre) * (1.2 * width / max(frames, 2))
+    return {"shake": shake, "kernel": kernels, "passer": passer, "passer_dx": passer_dx}
+
+
+def _line_kernel(length: float, angle_deg: float) -> np.ndarray:
+    """A normalised motion-blur kernel: a line of ``length`` pixels at ``angle`` degrees."""
+    k = int(math.ceil(length)) | 1
+    kernel = np.zeros((k, k), np.float32)
+    c = (k - 1) / 2
+    a = math.radians(angle_deg)
+    dx, dy = 0.5 * (length - 1) * math.cos(a), 0.5 * (length - 1) * math.sin(a)
+    cv2.line(kernel, (int(round((c - dx) * 16)), int(round((c - dy) * 16))),
+             (int(round((c + dx) * 16)), int(round((c + dy) * 16))), 1.0, 1, cv2.LINE_AA, 4)
+    return kernel / max(float(kernel.sum()), 1e-6)
+
+
+def _frame_effects(image: np.ndarray, shake: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
+    """The whole frame moved by the camera shake, then blurred by a motion-blur kernel."""
+    if np.any(shake):
+        m = np.array([[1.0, 0.0, shake[0]], [0.0, 1.0, shake[1]]])
+        image = cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT)
+    if kernel is not None:
+        image = cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT)
+    return image
 
 
 # ------------------------------------------------------------------------------------ other

@@ -16,6 +16,7 @@ Determinism: every sample draws from its own generator seeded by ``(seed, domain
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -27,10 +28,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from da_pose.data import coco, synthetic, tigdog
+from da_pose.data import coco, splits, synthetic, tigdog
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.data.toy import body, domains
-from da_pose.data.toy.presets import Preset, effective_target, gap_knobs, get_preset
+from da_pose.data.toy.presets import Preset, effective_target, effective_zoom, gap_knobs, get_preset, parse_shifts
 from da_pose.errors import ConfigError
 
 SPECIES = "toyhorse"
@@ -69,7 +70,7 @@ def _target_task(out: str, preset: Preset, seed: int, shot: int, first_frame: in
         preset.phase_speed,
         preset.drift,
         preset.pan,
-        preset.zoom,
+        effective_zoom(preset),
     )
     root = Path(out) / TARGET_ROOT
     for f, image in enumerate(shot_data.frames):
@@ -142,10 +143,12 @@ def _prepare_folder(out: Path) -> None:
             shutil.rmtree(out / name)
 
 
-def _tasks(out: str, p: Preset, seed: int) -> list[tuple]:
+def _tasks(out: str, p: Preset, seed: int, target_only: bool = False) -> list[tuple]:
     tasks = []
     for shot in range(p.target_videos):
         tasks.append(("target", (out, p, seed, shot + 1, 1 + shot * p.target_frames)))
+    if target_only:
+        return tasks
     n_src = p.source_train + p.source_val
     for start in range(0, n_src, CHUNK):
         tasks.append(("source", (out, p, seed, start, min(start + CHUNK, n_src))))
@@ -153,6 +156,49 @@ def _tasks(out: str, p: Preset, seed: int) -> list[tuple]:
     for start in range(0, n_other, CHUNK):
         tasks.append(("other", (out, p, seed, start, min(start + CHUNK, n_other))))
     return tasks
+
+
+def _reusable(folder: Path, p: Preset, seed: int) -> dict:
+    """The manifest of ``folder`` when its source and other domains are what ``p`` and ``seed``
+    would render (same seed, sizes and styles; any shift); ConfigError saying why not otherwise."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{folder}: no readable manifest.json to take the source from") from None
+    mine = json.loads(json.dumps(gap_knobs(p)))
+    off = json.loads(json.dumps(gap_knobs(Preset())["source"]))  # every knob's default, its "off" value
+
+    def same_style(theirs: dict, ours: dict) -> bool:
+        # a knob added since that folder was written is absent there: fine when it is off here
+        # (an off knob draws nothing, so the bytes are what they were)
+        return all(theirs.get(k, off[k]) == v for k, v in ours.items()) and set(theirs) <= set(ours)
+
+    same = (
+        m.get("generator") == "da_pose.data.toy" and m.get("seed") == seed
+        and same_style(m.get("gap", {}).get("source", {}), mine["source"])
+        and same_style(m.get("gap", {}).get("other", {}), mine["other"])
+        and m.get("domains", {}).get("source", {}).get("split") == {"train": p.source_train, "val": p.source_val}
+        and m.get("domains", {}).get("other", {}).get("split") == {"train": p.other_train, "val": p.other_val}
+        and m.get("preset") == p.name
+    )
+    if not same:
+        raise ConfigError(f"{folder}: its source/other domains were generated with another seed, preset or style; "
+                          "cannot take them from there")
+    return m
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of ``src`` under ``dst`` (copy where linking is impossible)."""
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
 
 
 def _task_size(task: tuple, p: Preset) -> int:
@@ -166,22 +212,35 @@ def generate(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    shift: str | tuple[str, ...] | None = None,
+    source_from: str | os.PathLike | None = None,
 ) -> dict:
     """Generate the embedded synthetic-to-real benchmark into ``out_dir``; return the manifest.
 
     ``preset`` is a name of ``PRESETS`` or a :class:`Preset` (e.g. ``dataclasses.replace``
-    of one). ``workers`` processes render in parallel (1 renders inline); the output bytes do
-    not depend on it. A folder holding a previous generated benchmark is regenerated; a
-    non-empty folder with anything else is refused (ConfigError).
+    of one). ``shift`` (``"pose"``, ``"pose,shape"``, ...; default: the preset's ``shifts``,
+    ``all`` for the built-in ones) names the parts of the gap the target carries; the source
+    and other domains are the same bytes whatever the shift. ``workers`` processes render in
+    parallel (1 renders inline); the output bytes do not depend on it. A folder holding a
+    previous generated benchmark is regenerated; a non-empty folder with anything else is
+    refused (ConfigError). ``source_from``: a folder generated with the same preset and seed
+    (any shift) whose source and other domains are hard-linked instead of rendered again: the
+    same bytes, since those domains do not depend on the shift.
     """
     p = get_preset(preset)
+    if shift is not None:
+        p = dataclasses.replace(p, shifts=parse_shifts(shift))
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed {seed!r}: expected a non-negative integer")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers {workers!r}: expected a positive integer")
     out = Path(out_dir)
+    reused = _reusable(Path(source_from), p, seed) if source_from is not None else None
     _prepare_folder(out)
-    tasks = _tasks(str(out), p, seed)
+    if reused is not None:
+        for name in (SOURCE_ROOT, OTHER_ROOT):
+            _link_tree(Path(source_from) / name, out / name)
+    tasks = _tasks(str(out), p, seed, target_only=reused is not None)
     total = sum(_task_size(t, p) for t in tasks)
 
     shots: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -218,7 +277,7 @@ def generate(
             cv2.setNumThreads(cv_threads)
 
     target = _write_target_index(out, p, seed, shots)
-    other = _write_other_index(out, p, others)
+    other = reused["domains"]["other"] if reused is not None else _write_other_index(out, p, others)
     manifest = {
         "format_version": 1,
         "generator": "da_pose.data.toy",
@@ -283,6 +342,9 @@ def _write_target_index(out: Path, p: Preset, seed: int, shots: dict) -> dict:
     kept = visible_positions(shots)
     train_pos = [pos for s, _, pos in kept if s not in test_shots]
     test_pos = [pos for s, _, pos in kept if s in test_shots]
+    # the loader carves the labelled val split out of train (same function, same fixed seed)
+    val = set(splits.val_shots([s for s, _, _ in kept if s not in test_shots]).tolist())
+    n_val = sum(1 for s, _, _ in kept if s in val)
     split_dir = root / "splits" / SPECIES
     tigdog.write_split_files(split_dir, np.array(train_pos, np.int64), np.array(test_pos, np.int64))
     rel = f"{TARGET_ROOT}/splits/{SPECIES}"
@@ -292,7 +354,8 @@ def _write_target_index(out: Path, p: Preset, seed: int, shots: dict) -> dict:
         "species": SPECIES,
         "count": len(kept),
         "videos": len(ids),
-        "split": {"train": len(train_pos), "test": len(test_pos)},
+        "split": {"train": len(train_pos) - n_val, "val": n_val, "test": len(test_pos)},
+        "val_shots": sorted(int(v) for v in val),
         "split_files": {
             "train": f"{rel}/{tigdog.SPLIT_FILES['train']}",
             "test": f"{rel}/{tigdog.SPLIT_FILES['test']}",

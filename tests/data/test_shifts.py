@@ -1,0 +1,209 @@
+"""Named shifts of the embedded benchmark: each one moves the target away from the source along
+its own knobs only; the source (and the other domain) are the same bytes under every shift."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from da_pose.cli import main as cli_main
+from da_pose.data.toy import PRESETS, body, domains, generate
+from da_pose.data.toy.generate import sample_rng
+from da_pose.data.toy.presets import (
+    PRESET_KNOBS,
+    SHIFT_NAMES,
+    SHIFTS,
+    SOURCE,
+    STEADY_ZOOM,
+    TARGET,
+    Style,
+    effective_target,
+    effective_zoom,
+    parse_shifts,
+)
+from da_pose.errors import ConfigError
+
+TINY = PRESETS["tiny"]
+MAT_HEADER_TEXT = 116  # scipy.io.savemat writes its creation time into the header's text field
+STYLE_KNOBS = tuple(f.name for f in dataclasses.fields(Style))
+
+
+def _hashes(root: Path, under: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file (below the ``under`` folders when given; .mat without the header's time)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and (not under or rel.parts[0] in under):
+            data = p.read_bytes()
+            out[str(rel)] = hashlib.sha256(data[MAT_HEADER_TEXT:] if p.suffix == ".mat" else data).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    """The tiny benchmark under ``pose`` (twice, once on 2 workers), ``appearance,video`` and ``all``."""
+    base = tmp_path_factory.mktemp("shifts")
+    out = {}
+    for key, shift, workers in (("pose", "pose", 1), ("pose_again", "pose", 2), ("mixed", "appearance,video", 1),
+                                ("all", None, 1)):
+        out[key] = (base / key, generate(base / key, TINY, seed=0, workers=workers, progress=False, shift=shift))
+    return out
+
+
+# ------------------------------------------------------------------------------------ knobs
+
+
+def test_shifts_split_the_knobs_between_them():
+    knobs = [k for names in SHIFTS.values() for k in names]
+    assert len(knobs) == len(set(knobs))  # no knob in two shifts
+    assert set(knobs) == set(STYLE_KNOBS) | set(PRESET_KNOBS)  # every style knob in one
+    assert SHIFT_NAMES == ("appearance", "context", "pose", "shape", "occlusion", "video", "all")
+
+
+@pytest.mark.parametrize("shift", list(SHIFTS))
+def test_a_shift_moves_only_its_own_knobs(shift):
+    p = dataclasses.replace(TINY, shifts=(shift,))
+    style = effective_target(p)
+    own = set(SHIFTS[shift])
+    for knob in STYLE_KNOBS:
+        expected = getattr(TARGET, knob) if knob in own else getattr(SOURCE, knob)
+        assert getattr(style, knob) == expected, knob
+    # it does move the target: every one of its knobs where the two sides differ
+    moved = [k for k in own - set(PRESET_KNOBS) if getattr(style, k) != getattr(SOURCE, k)]
+    assert moved and set(moved) == {k for k in own - set(PRESET_KNOBS) if getattr(TARGET, k) != getattr(SOURCE, k)}
+    assert effective_zoom(p) == (TINY.zoom if shift == "video" else STEADY_ZOOM)
+
+
+def test_all_is_the_full_target_and_combinations_add_up():
+    assert effective_target(TINY) == TARGET and effective_zoom(TINY) == TINY.zoom  # the default
+    both = effective_target(dataclasses.replace(TINY, shifts=parse_shifts("shape,pose")))
+    for knob in STYLE_KNOBS:
+        side = TARGET if knob in SHIFTS["pose"] + SHIFTS["shape"] else SOURCE
+        assert getattr(both, knob) == getattr(side, knob), knob
+    assert parse_shifts("video, pose,video") == ("pose", "video") and parse_shifts("pose,all") == ("all",)
+
+
+def test_under_pose_alone_the_look_is_the_sources():
+    """Textures, backgrounds, camera and JPEG quality are drawn from the source's distributions:
+    no noise, no blur, the source's JPEG quality (95) and a simple background."""
+    style = effective_target(dataclasses.replace(TINY, shifts=("pose",)))
+    assert (style.background, style.fur, style.noise, style.blur, style.jpeg_quality) == (
+        "simple", 0.0, (0.0, 0.0), (0.0, 0.0), (95, 95))
+    shot = domains.target_shot(sample_rng(0, "target", 1), style, 2, (96, 72))
+    assert shot.quality == 95
+    appearance = effective_target(dataclasses.replace(TINY, shifts=("appearance",)))
+    look = domains.target_shot(sample_rng(0, "target", 1), appearance, 2, (96, 72))
+    assert TARGET.jpeg_quality[0] <= look.quality <= TARGET.jpeg_quality[1] < 95
+
+
+def test_unknown_shift_is_a_config_error_naming_the_valid_ones(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="appearance, context, pose, shape, occlusion, video, all"):
+        generate(tmp_path / "x", TINY, shift="weather", progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["data", "generate", "--preset", "tiny", "--shift", "pose,weather", "--out", str(tmp_path / "y")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown shift weather" in err and "valid: appearance" in err
+
+
+# ------------------------------------------------------------------------------------ bytes
+
+
+def test_source_and_other_bytes_are_the_same_under_every_shift(shifted):
+    ref = _hashes(shifted["pose"][0], ("synthetic_animal", "other"))
+    assert len(ref) == 12 + 4 + 2  # 6 png + 6 npy, 4 jpg + 2 json
+    for key in ("mixed", "all"):
+        assert _hashes(shifted[key][0], ("synthetic_animal", "other")) == ref, key
+    # while the targets differ
+    targets = [_hashes(shifted[k][0], ("behaviorDiscovery2.0",)) for k in ("pose", "mixed", "all")]
+    frames = [k for k in targets[0] if k.endswith(".jpg")]
+    assert frames and all(targets[0][k] != targets[1][k] != targets[2][k] for k in frames)
+
+
+def test_same_seed_same_bytes_under_a_shift(shifted):
+    assert _hashes(shifted["pose"][0]) == _hashes(shifted["pose_again"][0])
+
+
+def test_source_is_what_it_was_before_the_shift_knobs():
+    """Pinned: source samples 1 and 5 of seed 0 as rendered before the shift knobs existed (the
+    new knobs draw nothing at their source value, so the source's random stream is untouched)."""
+    pinned = {1: ("44eb3283dcf56b84c8b542d67b77ec99", "86687aa577aad47cddd396d2b8567e34"),
+              5: ("179270ee58f14577486c9bab8c062d22", "f6b099fa1219cd677cef410cb43f2d62")}
+    for i, (pixels, kpts) in pinned.items():
+        image, vertices, _ = domains.source_sample(sample_rng(0, "source", i), SOURCE)
+        assert hashlib.sha256(image.tobytes()).hexdigest()[:32] == pixels
+        assert hashlib.sha256(np.asarray(vertices, np.float64).tobytes()).hexdigest()[:32] == kpts
+
+
+def test_source_from_links_the_same_bytes(shifted, tmp_path):
+    out = tmp_path / "video"
+    generate(out, TINY, seed=0, workers=1, progress=False, shift="video", source_from=shifted["pose"][0])
+    full = tmp_path / "video_full"
+    generate(full, TINY, seed=0, workers=1, progress=False, shift="video")
+    assert _hashes(out) == _hashes(full)
+    with pytest.raises(ConfigError, match="another seed"):
+        generate(tmp_path / "seed1", TINY, seed=1, progress=False, source_from=shifted["pose"][0])
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+
+def test_manifest_records_the_shift_and_its_knobs(shifted, tmp_path):
+    _, m = shifted["pose"]
+    gap = m["gap"]
+    assert gap["shifts"] == ["pose"] and list(gap["shift_knobs"]) == ["pose"]
+    assert gap["shift_knobs"]["pose"]["rear"] == TARGET.rear
+    assert gap["shift_knobs"]["pose"]["body_yaw"] == list(TARGET.body_yaw)
+    assert gap["target"]["background"] == SOURCE.background and gap["video"]["zoom"] == list(STEADY_ZOOM)
+    _, m = shifted["mixed"]
+    assert m["gap"]["shifts"] == ["appearance", "video"]
+    assert m["gap"]["shift_knobs"]["video"]["zoom"] == list(TINY.zoom)
+    _, m = shifted["all"]
+    assert m["gap"]["shifts"] == ["all"] and list(m["gap"]["shift_knobs"]) == list(SHIFTS)
+    # the command line writes it too, and a run on the folder is tagged with it
+    from da_pose.run import shift_tag
+
+    cli_main(["data", "generate", "--preset", "tiny", "--shift", "shape,pose", "--workers", "1",
+              "--out", str(tmp_path / "cli")])
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["gap"]["shifts"] == ["pose", "shape"]
+    assert shift_tag(tmp_path / "cli") == {"shift": "pose,shape"}
+    assert shift_tag(tmp_path / "nowhere") == {}
+
+
+# ------------------------------------------------------------------------------------ new knobs
+
+
+def test_posture_knobs_rear_lie_and_in_step():
+    shape = body.QuadShape()
+    stand = body.quadruped(shape, body.QuadPose(stride=0.0))
+    q = body.Q
+    rear = body.quadruped(shape, body.QuadPose(stride=0.0, pitch=45.0, fold=(1.0, 0.0)))
+    assert rear.points[q["withers"], 1] - rear.points[q["hip"], 1] > 0.4  # forehand up
+    hind = [q["left_back_hoof"], q["left_back_knee"]]  # hind legs keep their angle to the ground
+    np.testing.assert_allclose(np.diff(rear.points[hind, :2], axis=0), np.diff(stand.points[hind, :2], axis=0), atol=1e-9)
+    lie = body.quadruped(shape, body.QuadPose(stride=0.0, fold=(1.0, 1.0)))
+    assert lie.points[q["withers"], 1] < 0.7 * stand.points[q["withers"], 1]  # body down near the ground
+    walk = body.quadruped(shape, body.QuadPose(gait="walk", phase=0.1, stride=20.0, in_step=True))
+    for front in ("front", "back"):  # each right leg in its left partner's phase
+        left, right = walk.points[q[f"left_{front}_hoof"]], walk.points[q[f"right_{front}_hoof"]]
+        assert left[:2] == pytest.approx(right[:2])
+
+
+def test_video_knobs_drop_repeat_and_shake():
+    rng = np.random.default_rng(0)
+    assert domains._frame_times(rng, SOURCE, 4) == [0, 1, 2, 3]
+    assert domains._frame_times(rng, dataclasses.replace(SOURCE, frame_drop=1.0), 4) == [0, 2, 4, 6]
+    assert domains._frame_times(rng, dataclasses.replace(SOURCE, frame_repeat=1.0), 3) == [0, 0, 0]
+    style = dataclasses.replace(SOURCE, frame_repeat=1.0)
+    shot = domains.target_shot(sample_rng(0, "target", 1), style, 3, (96, 72))
+    assert all(np.array_equal(shot.frames[0], f) for f in shot.frames[1:])  # duplicated frames
+    steady = domains.target_shot(sample_rng(0, "target", 1), SOURCE, 2, (160, 120))
+    shaky = domains.target_shot(sample_rng(0, "target", 1), dataclasses.replace(SOURCE, shake=3.0), 2, (160, 120))
+    both = (steady.visibility > 0) & (shaky.visibility > 0)
+    assert both.any() and not np.allclose(steady.coords[both], shaky.coords[both])
