@@ -49,6 +49,9 @@ def test_plan_for_the_resnet_backbone(bench):
     assert "model.backbone=resnet18" in cc.argv and "model.backbone=resnet18" in jobs["pretrain_r18_s1"].argv
     # the scratch learning rate only where a model is trained from scratch
     assert "train.lr=0.001" in jobs["pretrain_r18_s1"].argv and "train.lr=0.001" not in cc.argv
+    # adaptation restarts at the rate ResNet pretraining ended at, with a short curriculum (docs/results.md)
+    assert "train.lr=0.0002" in cc.argv and "ccssl.keep_schedule=[0.2,0.2,0.2,0.2]" in cc.argv
+    assert "train.lr=0.0002" not in jobs["pretrain_r18_s1"].argv
 
 
 def test_plan_drops_dependencies_on_methods_not_asked_for(bench):
