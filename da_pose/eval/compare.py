@@ -277,7 +277,7 @@ def shift_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
         p = r.get("paired", {}).get("gap")
         cells.setdefault((r["method"], r["backbone"]), {})[r["shift"]] = (
             _cell(p, percent=True) if p else "-" if r["gap_recovered"] != r["gap_recovered"]
-            else f"{100 * r['gap_recovered']:.0f} %")
+            else f"{100 * r['gap_recovered'] + 0.0:.0f} %")  # + 0.0: no "-0 %"
     return ["method", "backbone", *(s or "-" for s in shifts)], [
         [m, b, *(v.get(s, "") for s in shifts)] for (m, b), v in cells.items()]
 
