@@ -21,7 +21,8 @@ from da_pose.eval.compare import compare_markdown, summarize_experiment
 REPRODUCE = {
     "shift-calibration": "Reproduce: `python scripts/benchmark.py --matrix calibration --preset demo --seeds 0 "
                          "--shifts appearance context pose shape occlusion video all --jobs 1 --threads 1 --data "
-                         "data/shifts --tracking-uri sqlite:///calib.db --experiment shifts-calib`, then `python "
+                         "data/shifts --tracking-uri sqlite:///calib.db --experiment shifts-calib`, the same with "
+                         "`--shifts pose all --methods plain_pl ccssl source_only_ext` (the adaptation rows), then `python "
                          "scripts/update_readme_results.py --experiment shifts-calib --tracking-uri sqlite:///calib.db "
                          "--block shift-calibration --by shift --reference oracle`.",
     "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "
