@@ -17,7 +17,7 @@ from da_pose.errors import ConfigError
 from da_pose.eval import report
 from da_pose.eval.evaluate import predict
 from da_pose.eval.metrics import dataset_metrics
-from da_pose.eval.target import TargetTest, evaluate_split, per_image_hits, write_per_image
+from da_pose.eval.target import TargetTest, evaluate_split, merge_evaluators, per_image_hits, write_per_image
 from da_pose.run import build, load_model, open_run
 from da_pose.tracking import MlflowTracker
 from da_pose.train.steps import supervised_step
@@ -51,8 +51,7 @@ def run_supervised(cfg: Config, command: str, domain: str, train_split: str, val
         elif cfg.train.selection == "source_val":
             raise ConfigError(f"{command}: train.selection=source_val, but {command} has no source val split")
         # epoch ends: source val and target val (cheap); the target test only in the final report
-        parts = [f for f in (source_val, target.val.evaluator() if target.val else None) if f is not None]
-        evaluate_fn = (lambda m: {k: v for f in parts for k, v in f(m).items()}) if parts else None
+        evaluate_fn = merge_evaluators(source_val, target.val.evaluator() if target.val else None)
         # pretraining keeps best.pt by source val even when it reports the last checkpoint
         select = target.select_key() or (SELECT_KEY if source_val else None)
         trainer.fit(supervised_step, batches, cfg.train.epochs, evaluate=evaluate_fn, select=select)

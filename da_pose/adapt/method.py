@@ -44,7 +44,7 @@ from da_pose.data.loaders import domain_records, eval_loader, make_codec, make_d
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError
 from da_pose.eval.criteria import criteria_evaluator
-from da_pose.eval.target import TargetTest, evaluate_split
+from da_pose.eval.target import TargetTest, evaluate_split, merge_evaluators
 from da_pose.run import RunContext, build, open_run
 from da_pose.train.trainer import Callback
 
@@ -223,14 +223,12 @@ def load_data(job: AdaptJob) -> None:
 def epoch_criteria(job: AdaptJob) -> Callable[[nn.Module], dict] | None:
     """The label-free criteria (on target train images) and, for methods with a source, the
     source val PCK: :mod:`da_pose.eval.criteria`."""
-    parts = []
-    if "target_eval" in job.data:
-        parts.append(criteria_evaluator(job.cfg, job.data["target_eval"].records, job.codec, job.ctx.device))
-    if job.data.get("source_val") is not None:
-        ds = job.data["source_val"]
-        parts.append(partial(evaluate_split, loader=eval_loader(job.cfg, ds), records=ds.records, codec=job.codec,
-                             ctx=job.ctx, prefix="source_val/"))
-    return (lambda model: {k: v for f in parts for k, v in f(model).items()}) if parts else None
+    target = job.data.get("target_eval")
+    source_val = job.data.get("source_val")
+    return merge_evaluators(
+        criteria_evaluator(job.cfg, target.records, job.codec, job.ctx.device) if target is not None else None,
+        partial(evaluate_split, loader=eval_loader(job.cfg, source_val), records=source_val.records,
+                codec=job.codec, ctx=job.ctx, prefix="source_val/") if source_val is not None else None)
 
 
 def default_plan(job: AdaptJob, r: int) -> RoundPlan:

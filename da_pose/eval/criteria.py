@@ -54,22 +54,14 @@ def criteria_evaluator(cfg, records, codec, device):
 
 
 def spearman(a, b) -> float:
-    """Spearman's rank correlation (average ranks for ties); NaN with fewer than 3 pairs or a
-    constant series."""
+    """Spearman's rank correlation (scipy; average ranks for ties); NaN with fewer than 3 pairs
+    or a constant series."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
+    from scipy.stats import spearmanr
 
-    def ranks(x):
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for value in np.unique(x):  # ties share their mean rank
-            tie = x == value
-            r[tie] = r[tie].mean()
-        return r
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+    return float(spearmanr(a, b).statistic)
 
 
 def rank_agreement(histories: dict[str, dict[int, float]]) -> dict[str, float]:

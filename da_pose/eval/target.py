@@ -39,6 +39,12 @@ def evaluate_split(model, *, loader, records, codec, ctx, prefix: str) -> dict:
                     progress=False)
 
 
+def merge_evaluators(*fns: Callable | None) -> Callable | None:
+    """One ``evaluate(model) -> metrics`` running every given evaluator (None ones skipped)."""
+    parts = [f for f in fns if f is not None]
+    return (lambda model: {k: v for f in parts for k, v in f(model).items()}) if parts else None
+
+
 def record_id(record) -> str:
     """A stable name of a test image across runs: ``video:frame`` for video frames, else the file name."""
     return f"{record.video}:{record.frame}" if record.video >= 0 else Path(record.image_path).name
@@ -142,8 +148,7 @@ class TargetTest:
     def evaluator(self, extra: Callable | None = None) -> Callable:
         """``evaluate(model) -> metrics`` for the trainer's epoch ends: test (recorded, never
         selecting), val when present, and ``extra`` (the source val of pretraining, say)."""
-        parts = [self.test.evaluator()] + ([self.val.evaluator()] if self.val else []) + ([extra] if extra else [])
-        return lambda model: {k: v for part in parts for k, v in part(model).items()}
+        return merge_evaluators(self.test.evaluator(), self.val.evaluator() if self.val else None, extra)
 
     def select_key(self) -> str | None:
         return SELECT_KEYS.get(self.test.ctx.cfg.train.selection)
