@@ -92,7 +92,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip: float = 0.0  # 0 = off
     amp: bool = True  # CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # weights (and batches) in channels_last memory order, CPU and CUDA
     deterministic: bool = False
     eval_every: int = 1  # epochs between evaluations on the selection split
     checkpoint_every: int = 1  # epochs between checkpoints (and always at the end)

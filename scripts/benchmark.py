@@ -94,7 +94,8 @@ def _seed_table(s: int, runs: Path, experiment: str, backbone: str, shift: str |
     init = str(runs / experiment / pre / "last.pt")
     table = {
         "source_only": (pre, "pretrain", "pretrain_hg", scratch_sets, []),
-        "oracle": (name("oracle"), "finetune", "oracle_hg", scratch_sets, []),
+        # the seed's source model fine-tuned on the shift's labelled target train split
+        "oracle": (name("oracle"), "finetune", "oracle_hg", [f"init={init}"], [pre]),
         # control: source-only training continued for as many steps as CC-SSL adds
         "source_only_ext": (name("source_only_ext", False), "pretrain", "source_only_ext_hg", [f"init={init}"], [pre]),
         # CC-SSL-R: the CC-SSL model fine-tuned on the labelled target (uses target labels)
@@ -161,41 +162,63 @@ MAIN = ("source_only", "oracle", "ccssl", "wscda", "wscda_pplo", "plain_pl", "so
 METHODS = tuple(m for m in MAIN if m in ADAPTATION or m in BASELINES) + tuple(m for m in ADAPTATION if m not in MAIN)
 SINGLE_SHIFTS = tuple(SHIFTS)
 MATRICES = ("default", "full", "calibration")
+# The default matrix (docs/shifts.md, "Running the comparison per shift"): chosen to fit 100 minutes
+# on 2 CPU cores. The shifts: two single shifts that pass the calibration rule and model different
+# phenomena (pose and viewpoint; clutter with limb-like distractors), and ``all``. On each: the
+# references and the pseudo-label methods; on ``all`` also the CC-SSL ablations. Every other method
+# (WS-CDA, PPLO, CC-SSL-R, RegDA, ...) and every other shift run with ``--matrix full``, or name them.
+DEFAULT_SHIFTS = ("pose", "context", "all")
+PER_SHIFT = ("source_only", "oracle", "source_only_ext", "plain_pl", "ccssl", "mean_teacher")
+# the three consistency terms (the curriculum ablation runs with --matrix full)
+ABLATIONS = ("ccssl_no_invariance", "ccssl_no_equivariance", "ccssl_no_temporal")
 
 
 def matrix_methods(matrix: str, shifts: list[str]) -> dict[str, list[str]]:
     """shift -> methods of a ``--matrix``: ``calibration`` the two references everywhere;
-    ``default`` the main rows everywhere and the ablations on ``all`` (or the home shift);
-    ``full`` every method everywhere."""
+    ``default`` the references and the pseudo-label methods everywhere, and the CC-SSL ablations on
+    ``all`` (or the home shift); ``full`` every method everywhere."""
     if matrix == "calibration":
         return {sh: ["source_only", "oracle"] for sh in shifts}
     if matrix == "full":
         return {sh: list(METHODS) for sh in shifts}
-    main = [m for m in METHODS if m in MAIN]
+    main = [m for m in METHODS if m in PER_SHIFT]
     home = home_shift(shifts)
-    return {sh: list(METHODS) if sh == home else main for sh in shifts}
+    return {sh: main + [m for m in METHODS if m in ABLATIONS] if sh == home else main for sh in shifts}
 
 
-# Rough minutes of one run at one torch thread on the demo preset (measured here: 36 demo runs in
-# 3,010 s two at a time, pretraining about 3 min), and how a preset's data scales them.
-MINUTES = {"pretrain": 3.0, "finetune": 2.5, "adapt": 3.0, "evaluate": 0.5, "generate": 1.5}
+# Rough minutes of one run at one torch thread on the demo preset, by config (a config not named
+# here: by command), measured on this 2-core machine two runs at a time (README, "Benchmark"); how
+# a preset's data scales them; generating: the first folder of a shift set (every domain), then one
+# more shift (its target only, the source shared through --source-from), on every core.
+MINUTES = {"pretrain": 6.0, "finetune": 2.5, "adapt": 4.0, "evaluate": 0.3,
+           "pretrain_hg": 6.0, "oracle_hg": 2.5, "source_only_ext_hg": 1.5, "ccssl_r_hg": 2.0,
+           "plain_pl_hg": 3.5, "ccssl_hg": 5.5, "mean_teacher_hg": 3.0, "wscda_hg": 4.0, "wscda_pplo_hg": 5.0}
+GENERATE_MINUTES = {"first": 9.0, "more": 2.0}  # core-minutes
 PRESET_SCALE = {"tiny": 0.05, "demo": 1.0, "benchmark": 5.0}
 
 
-def run_minutes(kind: str, preset: str) -> float:
-    """Rough minutes of one ``kind`` of run at one thread on ``preset``."""
+def run_minutes(job: Job, preset: str) -> float:
+    """Rough minutes of ``job`` at one thread on ``preset``."""
     scale = PRESET_SCALE.get(preset, 1.0)
+    kind = job.argv[0]
+    config = next((Path(a).stem for a in job.argv if a.endswith(".yaml")), "")
+    base = MINUTES.get(config, MINUTES.get(kind, 3.0))
     if kind == "adapt":  # the adaptation steps are fixed; the pseudo-labelling passes scale with the data
-        return MINUTES["adapt"] * (0.6 + 0.4 * scale)
-    return MINUTES[kind] * scale
+        return base * (0.6 + 0.4 * scale)
+    return base * scale
 
 
-def estimate_minutes(jobs: list[Job], preset: str, n_jobs: int, threads: int, datasets: int) -> float:
+def estimate_minutes(jobs: list[Job], preset: str, n_jobs: int, threads: int, datasets: int,
+                     first: bool = True) -> float:
     """Wall minutes: the runs' work spread over ``n_jobs`` slots, each faster with more threads
-    (assumed 1.6x per doubling), plus generating ``datasets`` folders on every core."""
+    (assumed 1.6x per doubling), plus generating ``datasets`` folders on every core (``first``: one
+    of them renders the shared source)."""
     speed = 1.6 ** max(threads.bit_length() - 1, 0)
-    work = sum(run_minutes(j.argv[0], preset) for j in jobs)
-    return work / max(n_jobs, 1) / speed + datasets * run_minutes("generate", preset) / max(n_jobs * threads, 1)
+    work = sum(run_minutes(j, preset) for j in jobs)
+    scale = PRESET_SCALE.get(preset, 1.0)
+    gen = (GENERATE_MINUTES["first"] + (datasets - 1) * GENERATE_MINUTES["more"]) if datasets and first \
+        else datasets * GENERATE_MINUTES["more"]
+    return work / max(n_jobs, 1) / speed + gen * scale / max(n_jobs * threads, 1)
 
 
 def finished_runs(experiment: str, tracking_uri: str) -> set[str]:
@@ -350,16 +373,19 @@ def calibration_table(experiment: str, tracking_uri: str, backbone: str = "hourg
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="benchmark", help="generator preset written to --data when missing")
-    ap.add_argument("--data", default=None, help="benchmark folder, one subfolder per shift (default data/<preset>)")
+    ap.add_argument("--preset", default=None,
+                    help="generator preset written to --data when missing (default: demo; benchmark for --matrix full)")
+    ap.add_argument("--data", default=None,
+                    help="benchmark folder, one subfolder per shift (default data/<preset>-shifts; data/<preset> "
+                         "with --shifts none)")
     ap.add_argument("--data-seed", type=int, default=0, help="generator seed of data written when missing")
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default toy-<preset>)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--matrix", default="default", choices=MATRICES,
                     help="what runs: default (main methods x shifts, ablations on all), full, calibration")
     ap.add_argument("--shifts", nargs="+", default=None,
-                    help="shifts (a comma list combines), 'none' for one dataset without shifts "
-                         f"(default: {' '.join(SINGLE_SHIFTS)} all)")
+                    help="shifts (a comma list combines), 'none' for one dataset without shifts (default: "
+                         f"{' '.join(DEFAULT_SHIFTS)} for --matrix default, else {' '.join(SINGLE_SHIFTS)} all)")
     ap.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="replaces the matrix's methods")
     ap.add_argument("--backbone", default="hourglass", choices=list(BACKBONES),
                     help="the toy configs' hourglass, or a ResNet-18 SimpleBaseline (runs named *_r18_*)")
@@ -374,10 +400,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def resolve_shifts(names) -> list[str] | None:
+def resolve_shifts(names, matrix: str = "default") -> list[str] | None:
     """``--shifts``: canonical shift names (a comma list in SHIFTS order), None for ``none``."""
     if names is None:
-        return [*SINGLE_SHIFTS, "all"]
+        return list(DEFAULT_SHIFTS) if matrix == "default" else [*SINGLE_SHIFTS, "all"]
     if names == ["none"]:
         return None
     out = []
@@ -390,11 +416,12 @@ def resolve_shifts(names) -> list[str] | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data = args.data or f"data/{args.preset}"
+    args.preset = args.preset or ("benchmark" if args.matrix == "full" else "demo")
+    shifts = resolve_shifts(args.shifts, args.matrix)
+    data = args.data or (f"data/{args.preset}" if shifts is None else f"data/{args.preset}-shifts")
     experiment = args.experiment or f"toy-{args.preset}"
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = Path(args.out)
-    shifts = resolve_shifts(args.shifts)
     if args.methods is not None:
         methods = list(args.methods)
     elif shifts is None:
@@ -410,7 +437,7 @@ def main(argv=None) -> int:
         todo = [j for j in jobs if j.name not in done]
         folders = [data] if shifts is None else [f"{data}/{shift_dir(sh)}" for sh in shifts]
         missing = sum(not (Path(f) / "manifest.json").is_file() for f in folders)
-        minutes = estimate_minutes(todo, args.preset, args.jobs, threads, missing)
+        minutes = estimate_minutes(todo, args.preset, args.jobs, threads, missing, first=missing == len(folders))
         print(f"\n[benchmark] {len(todo)} of {len(jobs)} runs to do, {missing} data folders to generate; "
               f"estimated {minutes:.0f} min with {args.jobs} jobs x {threads} threads (rough: per-run minutes "
               f"measured on the demo preset, scaled by the data size)")

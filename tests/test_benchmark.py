@@ -28,7 +28,10 @@ def test_plan_covers_every_method_and_seed_with_dependencies(bench):
     assert len(names) == len(set(names)) == 3 * len(bench.METHODS)
     by_name = {j.name: j for j in jobs}
     for s in (0, 1, 2):
-        assert by_name[f"pretrain_hg_s{s}"].after == [] and by_name[f"oracle_hg_s{s}"].after == []
+        assert by_name[f"pretrain_hg_s{s}"].after == []
+        # the oracle fine-tunes the seed's source model on the labelled target
+        oracle = by_name[f"oracle_hg_s{s}"]
+        assert oracle.after == [f"pretrain_hg_s{s}"] and f"init=runs/exp/pretrain_hg_s{s}/last.pt" in oracle.argv
         cc = by_name[f"ccssl_hg_s{s}"]
         assert cc.after == [f"pretrain_hg_s{s}"]
         assert f"init=runs/exp/pretrain_hg_s{s}/last.pt" in cc.argv and cc.argv[cc.argv.index("--seed") + 1] == str(s)
@@ -127,20 +130,24 @@ def test_default_matrix_runs_the_ablations_on_all_only(bench):
     shifts = ["pose", "all"]
     methods = bench.matrix_methods("default", shifts)
     assert "ccssl_no_temporal" in methods["all"] and "ccssl_no_temporal" not in methods["pose"]
-    assert {"source_only", "oracle", "ccssl", "plain_pl", "ccssl_r"} <= set(methods["pose"])
-    assert methods["all"] == list(bench.METHODS)
+    assert {"source_only", "oracle", "ccssl", "plain_pl", "mean_teacher"} <= set(methods["pose"])
+    assert set(methods["all"]) == set(methods["pose"]) | set(bench.ABLATIONS)
+    assert "wscda" not in methods["all"] and "ccssl_r" not in methods["all"]  # --matrix full
     assert bench.matrix_methods("full", shifts) == {sh: list(bench.METHODS) for sh in shifts}
     jobs = {j.name: j for j in bench.plan([0], methods, Path("runs"), "exp", shifts=shifts, data="d")}
     assert jobs["ccssl_hg_pose_s0"].after == ["pretrain_hg_s0"]
     assert "init=runs/exp/pretrain_hg_s0/last.pt" in jobs["ccssl_hg_pose_s0"].argv
-    assert jobs["ccssl_r_hg_pose_s0"].after == ["ccssl_hg_pose_s0"]  # CC-SSL-R from its own shift's CC-SSL
+    full = {j.name: j for j in bench.plan([0], bench.matrix_methods("full", shifts), Path("runs"), "exp",
+                                          shifts=shifts, data="d")}
+    assert full["ccssl_r_hg_pose_s0"].after == ["ccssl_hg_pose_s0"]  # CC-SSL-R from its own shift's CC-SSL
     # the source-trained control is trained once, on the home shift, and evaluated on the others
     assert jobs["source_only_ext_hg_s0"].kind == "train" and jobs["source_only_ext_hg_pose_s0"].kind == "evaluate"
     assert jobs["source_only_ext_hg_pose_s0"].after == ["source_only_ext_hg_s0"]
 
 
 def test_shift_names_are_canonical_and_checked(bench):
-    assert bench.resolve_shifts(None) == ["appearance", "context", "pose", "shape", "occlusion", "video", "all"]
+    assert bench.resolve_shifts(None) == list(bench.DEFAULT_SHIFTS) == ["pose", "context", "all"]
+    assert bench.resolve_shifts(None, "full") == ["appearance", "context", "pose", "shape", "occlusion", "video", "all"]
     assert bench.resolve_shifts(["shape,pose", "pose,shape", "all"]) == ["pose,shape", "all"]
     assert bench.resolve_shifts(["none"]) is None
     assert bench.shift_dir("pose,shape") == "pose+shape"

@@ -36,8 +36,8 @@ from da_pose.adapt.method import AdaptJob, Method, register, variant
 from da_pose.adapt.pseudo_labels import pseudo_label_round
 from da_pose.config import CCSSLConfig
 from da_pose.data.records import PoseRecord
-from da_pose.data.transforms import (apply_affine, heatmap_affine, invert_affine, random_appearance, random_geometric,
-                                     warp_batch)
+from da_pose.data.transforms import (apply_affine, invert_affine, random_appearance, random_geometric, warp_batch,
+                                     warp_heatmaps)
 
 
 @torch.no_grad()
@@ -76,13 +76,11 @@ def predict_views(model, images: torch.Tensor, codec, cfg: CCSSLConfig, mean: to
     # In eval mode (generate_raw sets it) a view's output does not depend on the other views.
     chunk = b if views.device.type == "cpu" else views.shape[0]
     out = torch.cat([model(v).heatmaps[-1].float() for v in views.split(chunk)])  # (1+T)*B, K, h, w
-    h = out.shape[-1]
     flipped = torch.zeros(1 + t, b, dtype=torch.bool, device=images.device)
     if a is not None:
         det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
         is_flip = det < 0  # T*B
-        a_hm = heatmap_affine(invert_affine(a.double()), s / h)  # transformed -> identity, heatmap px
-        back = warp_batch(out[b:], a_hm, h)  # T*B, K, h, w
+        back = warp_heatmaps(out[b:], invert_affine(a.double()), s)  # transformed -> identity; T*B, K, h, w
         if is_flip.any():
             # a mirrored view predicts the left joints in the right channels: swap them back
             back[is_flip] = back[is_flip][:, torch.as_tensor(codec.flip_index, device=back.device)]

@@ -257,6 +257,19 @@ def warp_batch(x: torch.Tensor, a: torch.Tensor, out_size) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def warp_heatmaps(heatmaps: torch.Tensor, a_input, input_size: int) -> torch.Tensor:
+    """Heatmaps predicted on one view, seen from another: ``a_input`` maps INPUT pixels of the
+    first view to input pixels of the second; the maps are warped by that map expressed in
+    heatmap pixels (:func:`heatmap_affine`, then :func:`warp_batch`: bilinear, zero outside).
+    CC-SSL's equivariance and the mean teacher's teacher -> student map both use it.
+
+    Shape:
+        heatmaps: (B, K, h, w); a_input: (B, 2, 3) -> (B, K, h, w)
+    """
+    h = heatmaps.shape[-1]
+    return warp_batch(heatmaps, heatmap_affine(a_input, input_size / h), h)
+
+
 def random_geometric(
     batch: int,
     generator: torch.Generator | None,

@@ -88,6 +88,13 @@ def set_threads(n: int) -> None:
         pass
 
 
+def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` with its 4-d weights in channels_last order when asked (CPU and CUDA alike:
+    1.39x inference and 1.13x training for the demo hourglass on one CPU thread,
+    ``scripts/bench/cpu_levers.py``). Outputs agree with the contiguous model to float rounding."""
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def to_device(batch, device: torch.device, channels_last: bool = False):
     """Move every tensor of a (nested) batch to ``device``; images optionally channels_last."""
     if isinstance(batch, torch.Tensor):
@@ -156,7 +163,7 @@ class Trainer:
         self.arch = dict(arch or {})
         self.config_yaml = config_yaml
         self.cuda = device.type == "cuda"
-        self.channels_last = self.cuda and cfg.channels_last
+        self.channels_last = cfg.channels_last
         self.amp = self.cuda and cfg.amp
         self.show_progress = show_progress and self.dist.is_main
         if cfg.deterministic:
@@ -165,9 +172,7 @@ class Trainer:
         elif self.cuda:
             torch.backends.cudnn.benchmark = True
 
-        self.model = model.to(device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = to_memory_format(model.to(device), self.channels_last)
         self.extra_modules = {k: m.to(device) for k, m in (extra_modules or {}).items()}
         self.state_modules = {k: m.to(device) for k, m in (state_modules or {}).items()}
         clash = set(self.extra_modules) & set(self.state_modules)

@@ -257,7 +257,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "demo": Preset(),
+    # 40 shots of 15 frames, 16 of them test (240 frames): the paired intervals of the benchmark
+    # resample test shots, so their width is set by the number of test shots (docs/shifts.md)
+    "demo": Preset(target_videos=40, target_frames=15, target_test_fraction=0.4),
     "benchmark": Preset(
         name="benchmark",
         source_train=5000,
