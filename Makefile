@@ -1,7 +1,7 @@
 # da_pose: two commands on a fresh machine.
 #   make demo   installs everything and runs the main job on the embedded benchmark
 #   make test   installs the dev extras and runs the test suite
-#   make benchmark   every method x 3 seeds on the benchmark preset (hours on CPU), then compare
+#   make benchmark   the default comparison per shift, 3 seeds, demo preset (about 100 min on 2 CPU cores), then compare
 # torch is installed first, pinned: an unpinned torch would pull several GB of CUDA packages.
 PY ?= python3
 VENV ?= .venv
@@ -40,7 +40,8 @@ test-fast: dev
 demo: install
 	bash scripts/demo.sh $(BIN) $(DEMO_DIR) $(DEMO_SEED)
 
-# every method x 3 seeds on the benchmark preset, then compare; resumable (hours on 2 CPU cores)
+# the default matrix (scripts/benchmark.py, docs/shifts.md) x 3 seeds, then compare; resumable
+# BENCHMARK_ARGS="--matrix full": every method x every shift on the benchmark preset (a bigger machine)
 benchmark: install
 	$(BIN)/python scripts/benchmark.py $(BENCHMARK_ARGS)
 

@@ -11,6 +11,11 @@ the same folder renamed over the old one: an interrupted save never leaves a par
 the real name) and read with ``torch.load(..., weights_only=True)``, which refuses pickled code
 (numpy scalars, which older checkpoints hold, are allowed: they are plain data).
 
+A checkpoint may also be named by an MLflow URI (:func:`fetched`): ``runs:/<run_id>/checkpoint/last.pt``
+(any run artifact), ``runs:/<run_id>/model`` or ``models:/<name>/<version>`` (an MLflow model
+logged by da_pose, whose metadata names its checkpoint); it is downloaded from the tracking
+server into a temporary folder and loaded as above.
+
 Published checkpoints (the CC-SSL / pytorch-pose layout ``{"epoch", "arch": "hg", "state_dict":
 {"module.<key>": tensor}, "best_acc", "optimizer"}``) load too: :func:`model_state` takes the
 nested ``state_dict`` without the ``module.`` prefix and :func:`check_arch` compares what the
@@ -20,8 +25,11 @@ weights show (backbone, stacks, width, joints) with the config.
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -206,3 +214,81 @@ def load_model_weights(model: torch.nn.Module, ckpt: dict, path: str | Path = "c
             parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise CheckpointError(f"{path} does not fit the model: {', '.join(parts)}")
     model.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints on a tracking server
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar")
+
+
+def is_mlflow_uri(ref: str | Path) -> bool:
+    return str(ref).startswith(MLFLOW_SCHEMES)
+
+
+def _download(uri: str, dst: Path, tracking_uri: str) -> Path:
+    import mlflow.artifacts
+
+    from da_pose.tracking import using_tracking_uri
+
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        # the global URI too: MLflow's lookup of a run's logged model ignores the argument
+        with using_tracking_uri(tracking_uri):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
+                                                            tracking_uri=tracking_uri, registry_uri=tracking_uri))
+    except Exception as exc:  # MlflowException, OSError, ...
+        msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(f"{uri}: cannot download it from {tracking_uri} ({msg})") from None
+
+
+def _model_checkpoint(model_dir: Path, ref: str) -> str:
+    """The checkpoint URI an MLflow model logged by da_pose records in its metadata."""
+    from mlflow.models import Model
+
+    meta = Model.load(str(model_dir / "MLmodel")).metadata or {}
+    uri = (meta.get("da_pose") or {}).get("checkpoint")
+    if not isinstance(uri, str) or not uri:
+        raise CheckpointError(f"{ref} is an MLflow model without a da_pose checkpoint in its metadata; "
+                              "pass the run's checkpoint instead: runs:/<run_id>/checkpoint/last.pt")
+    return uri
+
+
+def download(ref: str, dst: Path, tracking_uri: str) -> Path:
+    """Download the checkpoint named by an MLflow URI into ``dst``; returns the file.
+
+    An MLflow model (``models:/name/version``, ``runs:/<id>/model``) is followed to the checkpoint
+    its metadata names; a folder holding one checkpoint file gives that file.
+    """
+    from da_pose.tracking import check_reachable
+
+    check_reachable(tracking_uri)  # an unreachable server is the usual one-line error
+    if not ref.rstrip("/").endswith(CHECKPOINT_SUFFIXES):
+        try:  # an MLflow model: only its MLmodel file, not its weights
+            meta_dir = _download(ref.rstrip("/") + "/MLmodel", dst / "meta", tracking_uri).parent
+            return download(_model_checkpoint(meta_dir, ref), dst, tracking_uri)
+        except CheckpointError as exc:
+            if "without a da_pose checkpoint" in str(exc) or ref.startswith("models:/"):
+                raise
+    local = _download(ref, dst / "files", tracking_uri)
+    if local.is_dir():
+        found = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+        if len(found) != 1:
+            names = ", ".join(p.relative_to(local).as_posix() for p in found) or "none"
+            raise CheckpointError(f"{ref} is a folder; name one checkpoint file in it (found: {names})")
+        local = found[0]
+    return local
+
+
+@contextmanager
+def fetched(ref: str | Path, tracking_uri: str | None = None) -> Iterator[Path]:
+    """A local checkpoint path for ``ref``: a path as it is, an MLflow URI downloaded to a
+    temporary folder removed after the block. ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``,
+    then to da_pose's default store (``sqlite:///mlruns.db``)."""
+    if not is_mlflow_uri(ref):
+        yield Path(ref)
+        return
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    with tempfile.TemporaryDirectory(prefix="da_pose_ckpt_") as tmp:
+        yield download(str(ref), Path(tmp), uri)

@@ -156,8 +156,21 @@ def adapt(name, config, sets, tracking_uri, seed, device, resume):
 
 
 # ---------------------------------------------------------------------------------------- eval
+CHECKPOINT_HELP = ("A checkpoint file, or an MLflow URI read from --tracking-uri: runs:/RUN_ID/checkpoint/last.pt, "
+                   "runs:/RUN_ID/model, models:/NAME/VERSION.")
+
+
+def _default_out(ckpt: str, folder: str) -> Path:
+    """Beside a checkpoint file; ``runs/<folder>/<the URI as a name>`` for an MLflow URI."""
+    from da_pose.checkpoint import is_mlflow_uri
+
+    if is_mlflow_uri(ckpt):
+        return Path("runs") / folder / "".join(c if c.isalnum() or c in "-_." else "_" for c in ckpt).strip("_")
+    return Path(ckpt).parent / folder
+
+
 @cli.command()
-@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False), help=CHECKPOINT_HELP)
 @click.option("--data", "spec", default=None,
               help="DIR#domain, tigdog:ROOT, synthetic:ROOT, ap10k:ANN.json, animalpose:ANN.json or "
                    "coco:ANN.json[@IMAGEDIR] (default: the run's target).")
@@ -172,7 +185,14 @@ def adapt(name, config, sets, tracking_uri, seed, device, resume):
 @click.option("--device", default=None)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
 def evaluate(ckpt, spec, joint_map, animal, split, out, flip_test, log, tracking_uri, device, sets):
-    """Per-joint and per-group PCK@0.05 of a checkpoint."""
+    """Per-joint and per-group PCK@0.05 of a checkpoint (a file or an MLflow URI)."""
+    from da_pose.checkpoint import fetched
+
+    with fetched(ckpt, tracking_uri) as path:
+        _evaluate(ckpt, str(path), spec, joint_map, animal, split, out, flip_test, log, tracking_uri, device, sets)
+
+
+def _evaluate(ref, ckpt, spec, joint_map, animal, split, out, flip_test, log, tracking_uri, device, sets):
     from da_pose.data.manifest import parse_data_spec
     from da_pose.jobs import config_from_checkpoint, run_evaluate
 
@@ -186,8 +206,9 @@ def evaluate(ckpt, spec, joint_map, animal, split, out, flip_test, log, tracking
     cfg = config_from_checkpoint(ckpt, overrides)
     spec = spec or f"{cfg.data.root}#{cfg.data.target}"
     records = parse_data_spec(spec, animal=animal, split=split, joint_map=joint_map, strict=cfg.data.strict)
-    out_dir = Path(out) if out else Path(ckpt).parent / "evaluate"
-    run_evaluate(ckpt, cfg, records, out_dir, log=log, title=f"{Path(ckpt).name} on {spec} ({split})")
+    out_dir = Path(out) if out else _default_out(ref, "evaluate")
+    title = f"{ref if ref != ckpt else Path(ckpt).name} on {spec} ({split})"
+    run_evaluate(ckpt, cfg, records, out_dir, log=log, title=title, checkpoint_ref=ref)
     click.echo(f"tables in {out_dir}")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from da_pose import checkpoint
+from da_pose.adapt.semi import finetune_batches, select_labelled
 from da_pose.config import BASELINES, Config
 from da_pose.data.loaders import domain_records, eval_loader, make_codec, make_dataset, make_loader
 from da_pose.data.records import PoseRecord
@@ -39,9 +40,13 @@ def run_supervised(cfg: Config, command: str, domain: str, train_split: str, val
     with open_run(cfg, command) as ctx:
         codec = make_codec(cfg)
         model, trainer = build(cfg, ctx)
-        train_ds = make_dataset(cfg, domain_records(cfg, domain, train_split), codec, train=True)
-        batches = lambda epoch: make_loader(cfg, train_ds, cfg.train.batch_size, shuffle=True, epoch=epoch,  # noqa: E731
-                                            info=ctx.dist, drop_last=True)
+        records = domain_records(cfg, domain, train_split)
+        # data.target_labels: the supervised-only floor trains on the labelled subset alone
+        chosen = select_labelled(ctx, records)[1] if domain == "target" else []
+        train_ds = make_dataset(cfg, chosen or records, codec, train=True)
+        batches = finetune_batches(cfg, ctx, train_ds, len(records)) if chosen else (
+            lambda epoch: make_loader(cfg, train_ds, cfg.train.batch_size, shuffle=True, epoch=epoch, info=ctx.dist,
+                                      drop_last=True))
         target = TargetTest.load(ctx, codec)
         source_val = None
         if val_split is not None:
@@ -72,8 +77,9 @@ def run_finetune(cfg: Config) -> dict:
 
 
 def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord], out_dir: Path,
-                 log: bool = False, title: str = "") -> dict:
-    """Evaluate a checkpoint on ``records``; tables to ``out_dir`` (and to MLflow when ``log``)."""
+                 log: bool = False, title: str = "", checkpoint_ref: str = "") -> dict:
+    """Evaluate a checkpoint on ``records``; tables to ``out_dir`` (and to MLflow when ``log``).
+    ``checkpoint_ref``: how the user named it (an MLflow URI downloaded to ``checkpoint_path``)."""
     device = resolve_device(cfg.device)
     model = load_model(checkpoint_path, cfg, device)
     codec = make_codec(cfg)
@@ -95,7 +101,7 @@ def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord
     print(md)
     if log:
         tracker = MlflowTracker(cfg.tracking_uri, cfg.experiment, cfg.name or "evaluate",
-                                tags={"command": "evaluate", "checkpoint": str(checkpoint_path),
+                                tags={"command": "evaluate", "checkpoint": checkpoint_ref or str(checkpoint_path),
                                       "method": cfg.method, "backbone": cfg.model.backbone})
         try:
             tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()})

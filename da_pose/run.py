@@ -3,7 +3,9 @@ built for it.
 
 ``open_run`` creates or resumes ``out_dir/experiment/name`` and its MLflow run, and marks the run
 FAILED (or KILLED) when the job raises; ``build`` makes the model and its Trainer and loads
-``resume`` / ``init``.
+``resume`` / ``init``. The MLflow extras of the ``mlflow`` config section (dataset inputs, system
+metrics, the final model as an MLflow model) are logged here too; a failure of one is a warning,
+never a lost run or checkpoint.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import torch
 
 from da_pose import checkpoint
 from da_pose.config import Config, dump_yaml, flatten
+from da_pose.data.inputs import run_inputs
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, DaPoseError
 from da_pose.models.factory import build_model
+from da_pose.models.served import HeatmapModel
 from da_pose.tracking import MlflowTracker, NullTracker, check_reachable
 from da_pose.train import dist
-from da_pose.train.trainer import Trainer, resolve_device
+from da_pose.train.trainer import Trainer, resolve_device, to_memory_format
 
 
 @dataclass
@@ -77,12 +81,62 @@ def run_tags(cfg: Config, command: str) -> dict[str, str]:
     }
 
 
+# The data roles a command uses when its caller does not say (``open_run(..., roles=...)``).
+COMMAND_ROLES = {"pretrain": ("source", "target"), "finetune": ("target",)}
+
+
+def final_checkpoint(cfg: Config, run_dir: Path) -> Path | None:
+    """The checkpoint a run reports (``TargetTest.restore_selected``'s choice): ``best.pt`` when
+    it selects on a val split, else ``last.pt``; None when there is none."""
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    if cfg.train.selection != "last" and best.is_file():
+        return best
+    return last if last.is_file() else None
+
+
+def log_final_model(ctx: RunContext) -> None:
+    """The reported checkpoint as the run's ``checkpoint/`` artifact and as an MLflow PyTorch
+    model ``model`` (images -> heatmaps, ``models.served``), registered under
+    ``mlflow.register_model`` when set. Its metadata points back to the checkpoint."""
+    cfg, tracker = ctx.cfg, ctx.tracker
+    path = final_checkpoint(cfg, ctx.run_dir)
+    if path is None:
+        return
+    if f"checkpoint/{path.name}" not in tracker.artifact_paths("checkpoint"):
+        tracker.log_artifact(path, "checkpoint")
+    mcfg = cfg.section("mlflow")
+    if not mcfg.log_model:
+        return
+    model = HeatmapModel(load_model(path, cfg, torch.device("cpu"))).eval()
+    meta = {"da_pose": {"checkpoint": f"runs:/{tracker.run_id}/checkpoint/{path.name}", "arch": arch_of(cfg),
+                        "input_size": cfg.data.input_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+                        "normalise": cfg.data.normalise, "selection": cfg.train.selection}}
+    info = tracker.log_pytorch_model(model, (3, cfg.data.input_size, cfg.data.input_size),
+                                     registered_model_name=mcfg.register_model,
+                                     serialization_format=mcfg.model_format, metadata=meta)
+    version = getattr(info, "registered_model_version", None)
+    if version:
+        tracker.set_tags({"registered_model": f"models:/{mcfg.register_model}/{version}"})
+
+
+def _start_extras(ctx: RunContext, roles) -> None:
+    mcfg = ctx.cfg.section("mlflow")
+    if mcfg.log_datasets:
+        inputs = ctx.tracker.extra("reading the dataset digests", run_inputs, ctx.cfg.data, roles)
+        ctx.tracker.extra("logging dataset inputs", ctx.tracker.log_inputs, inputs or [])
+    if mcfg.system_metrics:
+        ctx.tracker.extra("starting system metrics", ctx.tracker.start_system_metrics, mcfg.system_metrics_interval)
+
+
 @contextmanager
-def open_run(cfg: Config, command: str) -> Iterator[RunContext]:
+def open_run(cfg: Config, command: str, roles: tuple[str, ...] | None = None) -> Iterator[RunContext]:
     """Create or resume the run folder and its MLflow run; mark the run FAILED on any error.
 
     A run folder that already holds a checkpoint is continued with ``resume=auto`` and refused
-    otherwise, so an earlier run's checkpoint is never overwritten by a new run.
+    otherwise, so an earlier run's checkpoint is never overwritten by a new run. ``roles`` are the
+    data roles (source, target, other) logged as the run's MLflow dataset inputs (default: by
+    command, :data:`COMMAND_ROLES`, else source and target). A run that ends well logs its final
+    model (:func:`log_final_model`).
     """
     device = resolve_device(cfg.device)
     info = dist.init(device.type)
@@ -124,7 +178,10 @@ def open_run(cfg: Config, command: str) -> Iterator[RunContext]:
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
             tracker.log_params(flatten(cfg))
             tracker.log_artifact(run_dir / "config.yaml")
+            _start_extras(ctx, roles or COMMAND_ROLES.get(command, ("source", "target")))
         yield ctx
+        if info.is_main:
+            tracker.extra("logging the final model", log_final_model, ctx)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -156,4 +213,4 @@ def load_model(checkpoint_path: str | Path, cfg: Config, device: torch.device) -
     model = build_model(cfg.model, NUM_JOINTS)
     checkpoint.check_arch(ckpt, arch_of(cfg), checkpoint_path)
     checkpoint.load_model_weights(model, ckpt, checkpoint_path)
-    return model.to(device)
+    return to_memory_format(model.to(device), cfg.train.channels_last)

@@ -379,7 +379,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="benchmark folder, one subfolder per shift (default data/<preset>-shifts; data/<preset> "
                          "with --shifts none)")
     ap.add_argument("--data-seed", type=int, default=0, help="generator seed of data written when missing")
-    ap.add_argument("--experiment", default=None, help="MLflow experiment (default toy-<preset>)")
+    ap.add_argument("--experiment", default=None,
+                    help="MLflow experiment (default toy-<preset>-shifts; toy-<preset> with --shifts none)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--matrix", default="default", choices=MATRICES,
                     help="what runs: default (main methods x shifts, ablations on all), full, calibration")
@@ -419,7 +420,8 @@ def main(argv=None) -> int:
     args.preset = args.preset or ("benchmark" if args.matrix == "full" else "demo")
     shifts = resolve_shifts(args.shifts, args.matrix)
     data = args.data or (f"data/{args.preset}" if shifts is None else f"data/{args.preset}-shifts")
-    experiment = args.experiment or f"toy-{args.preset}"
+    # not make demo's experiment (toy-demo): compare would mix its runs with the benchmark's
+    experiment = args.experiment or (f"toy-{args.preset}" if shifts is None else f"toy-{args.preset}-shifts")
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = Path(args.out)
     if args.methods is not None:
