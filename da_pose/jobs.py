@@ -19,7 +19,7 @@ from da_pose.eval import report
 from da_pose.eval.evaluate import predict
 from da_pose.eval.metrics import dataset_metrics
 from da_pose.eval.target import TargetTest, evaluate_split, merge_evaluators, per_image_hits, write_per_image
-from da_pose.run import build, load_model, open_run
+from da_pose.run import build, load_model, open_run, shift_tag
 from da_pose.tracking import MlflowTracker
 from da_pose.train.steps import supervised_step
 from da_pose.train.trainer import resolve_device
@@ -102,7 +102,9 @@ def run_evaluate(checkpoint_path: str, cfg: Config, records: Sequence[PoseRecord
     if log:
         tracker = MlflowTracker(cfg.tracking_uri, cfg.experiment, cfg.name or "evaluate",
                                 tags={"command": "evaluate", "checkpoint": checkpoint_ref or str(checkpoint_path),
-                                      "method": cfg.method, "backbone": cfg.model.backbone})
+                                      "method": cfg.method, "backbone": cfg.model.backbone,
+                                      # the checkpoint's training seed; the evaluated data's shift
+                                      "seed": str(cfg.seed), **shift_tag(cfg.data.root)})
         try:
             tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
             for name in sorted(os.listdir(out_dir)):

@@ -6,6 +6,7 @@ costing the run."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -208,3 +209,17 @@ def test_pt2_model_loads_without_pickled_code(tiny_benchmark, tmp_path, mlflow_t
     x = torch.randn(3, 3, cfg.data.input_size, cfg.data.input_size)
     with torch.no_grad():
         assert torch.allclose(loaded(x), reference(x), atol=1e-5)
+
+
+def test_logged_evaluation_carries_its_seed_and_shift(logged, tmp_path, capsys):
+    """An ``evaluate --log`` run is a row of ``compare``: it tags the checkpoint's training seed
+    and the evaluated data's shift itself (the benchmark runner no longer has to)."""
+    cfg, _, run_dir, client = logged
+    shift = ",".join(json.loads((Path(cfg.data.root) / "manifest.json").read_text())["gap"]["shifts"])
+    code, _, err = call(["evaluate", "--checkpoint", str(run_dir / "last.pt"), "--tracking-uri", cfg.tracking_uri,
+                         "--out", str(tmp_path / "ev"), "--log", "--set", "name=ev_logged"], capsys)
+    assert code == 0, err
+    exp = client.get_experiment_by_name(cfg.experiment)
+    [run] = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'ev_logged'")
+    assert run.data.tags["command"] == "evaluate"
+    assert run.data.tags["seed"] == str(cfg.seed) and run.data.tags["shift"] == shift

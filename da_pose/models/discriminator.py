@@ -87,3 +87,43 @@ class ConvDomainDiscriminator(nn.Module):
             )
         x = self.convs(features)  # B, hidden, h/4, w/4
         return self.classifier(x.mean(dim=(2, 3)))  # B, D
+
+
+class StridedDomainClassifier(nn.Module):
+    """UDA-Animal's domain classifier (Li & Lee CVPR 2021; FACTS section 8.1, M L142-171), sized
+    to the feature map it reads.
+
+    4 x 4 stride-2 convolutions (no bias) with LeakyReLU 0.1, ``width`` x 1, 2, 4, ... channels,
+    until the map is 2 x 2 (at most ``max_convs``), then one convolution over the whole remaining
+    map to a single logit; weights ~ N(0, 0.001) as published. On a 64 x 64 map this is the
+    published stack (five convolutions, 64 -> 1024 channels, then a 2 x 2 convolution).
+
+    Args:
+        in_channels: C of the features it reads.
+        size: side of the (square) feature map.
+
+    Shape:
+        features: (B, in_channels, size, size) -> logits (B,)
+    """
+
+    def __init__(self, in_channels: int, size: int, width: int = 64, max_convs: int = 5, slope: float = 0.1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.size = size
+        layers: list[nn.Module] = []
+        c, s = in_channels, size
+        while s > 2 and len(layers) // 2 < max_convs:
+            out = width * 2 ** (len(layers) // 2)
+            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1, bias=False), nn.LeakyReLU(slope, inplace=True)]
+            c, s = out, s // 2
+        layers.append(nn.Conv2d(c, 1, max(1, s), bias=False))
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, mean=0.0, std=0.001)
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.dim() != 4 or features.shape[1] != self.in_channels:
+            raise ValueError(f"StridedDomainClassifier: expected features (B, {self.in_channels}, h, w), "
+                             f"got {tuple(features.shape)}")
+        return self.net(features).flatten(1).mean(dim=1)  # B
