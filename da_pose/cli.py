@@ -219,7 +219,8 @@ def _evaluate(ref, ckpt, spec, joint_map, animal, split, out, flip_test, log, tr
 @click.option("--metric-prefix", default="target_test/", show_default=True)
 @click.option("--reference", default="plain_pl", show_default=True,
               help="Method every other is paired against (besides source_only).")
-@click.option("--by", type=click.Choice(["shift"]), default=None, help="One table per shift and a gap summary.")
+@click.option("--by", type=click.Choice(["shift", "labels"]), default=None,
+              help="shift: one table per shift and a gap summary; labels: PCK against the labelled target fraction.")
 @click.option("--draws", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap draws.")
 @click.option("--unit", type=click.Choice(["video", "image"]), default="video", show_default=True,
               help="What the bootstrap resamples: whole test videos (frames of a shot are correlated) or images.")

@@ -30,6 +30,7 @@ class DataConfig:
     source: str = "source"  # manifest domain used as the labelled source
     target: str = "target"  # manifest domain used as the (unlabelled) target
     other: str = "other"  # manifest domain of the other body plan (WS-CDA)
+    target_labels: str = ""  # labelled target train images: FRACTION | N | all | K_per_video (data/labelled.py)
     input_size: int = 256  # square crop side fed to the model, pixels
     heatmap_size: int = 64  # square heatmap side
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # RGB, 0-1

@@ -14,7 +14,10 @@ from it, and on the other shifts it is evaluated with ``da-pose evaluate --log``
 metrics ``eval/...``). Every training run is tagged ``shift`` by ``da_pose.run`` from the data's
 manifest. ``--matrix``: ``calibration`` = source_only + oracle per shift; ``default`` = the main
 methods on every shift, the ablations on ``all`` only; ``full`` = every method x every shift (3
-seeds on the benchmark preset, for a bigger machine). ``--methods`` replaces the matrix's methods.
+seeds on the benchmark preset, for a bigger machine); ``labels`` = the semi-supervised protocol: methods x
+labelled fractions (LABEL_FRACTIONS) on one shift (pose), the oracle on each subset as the floor, runs
+``<method>_l<percent>_<bb>_<shift>_s<seed>``, then ``compare --by labels``. ``--methods`` replaces the
+matrix's methods (with ``labels``: the methods crossed with the fractions).
 
 Each seed's adaptations start from its seed's model; CC-SSL-R fine-tunes its seed's CC-SSL model
 of the same shift on the labelled target. The runs are ``da-pose`` commands (one process each,
@@ -139,7 +142,7 @@ def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass
             table = _seed_table(s, runs, experiment, backbone, sh)
             root = f"{data}/{shift_dir(sh)}" if sh else None
             for method in ms:
-                job_name, command, config, sets, after = table[method]
+                job_name, command, config, sets, after = labelled_entry(table, method)
                 if sh is not None and sh != home and method in SOURCE_TRAINED:
                     job = _evaluate_job(run_name(method, backbone, s, sh), job_name, runs, experiment, root, s, sh)
                 else:
@@ -148,7 +151,7 @@ def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass
                         argv += ["--set", kv]
                     job = Job(job_name, argv, list(after), shift=sh)
                 rank = 0 if sh == home and method in SOURCE_TRAINED else order[sh]
-                jobs.append((METHODS.index(method), s, rank, job))
+                jobs.append((METHODS.index(method.split("@")[0]), s, rank, job))
     names = {job.name for *_, job in jobs}
     for *_, job in jobs:  # a dependency on a method not asked for: its run exists already
         job.after = [a for a in job.after if a in names]
@@ -161,7 +164,20 @@ ADAPTATION = tuple(m for m in ADAPTATION_METHODS if (ROOT / TOY / f"{m}_hg.yaml"
 MAIN = ("source_only", "oracle", "ccssl", "wscda", "wscda_pplo", "plain_pl", "source_only_ext", "ccssl_r")
 METHODS = tuple(m for m in MAIN if m in ADAPTATION or m in BASELINES) + tuple(m for m in ADAPTATION if m not in MAIN)
 SINGLE_SHIFTS = tuple(SHIFTS)
-MATRICES = ("default", "full", "calibration")
+MATRICES = ("default", "full", "calibration", "labels")
+# --matrix labels (docs/usage.md, "Semi-supervised protocol"): data.target_labels values x these methods
+LABEL_FRACTIONS, LABEL_SHIFT = ("0", "0.01", "0.05", "0.1", "all"), "pose"
+LABEL_METHODS = ("plain_pl", "ccssl", "mean_teacher")
+
+
+def labelled_entry(table: dict, method: str) -> tuple:
+    """``NAME@FRACTION`` (``--matrix labels``): NAME's entry run on that labelled target subset."""
+    base, _, labels = method.partition("@")
+    name, command, config, sets, after = table[base]
+    if not labels:
+        return table[base]
+    tag = "all" if labels == "all" else f"{100 * float(labels):g}"
+    return name.replace(f"{base}_", f"{base}_l{tag}_", 1), command, config, [*sets, f"data.target_labels={labels}"], after
 # The default matrix (docs/shifts.md, "Running the comparison per shift"): chosen to fit 100 minutes
 # on 2 CPU cores. The shifts: two single shifts that pass the calibration rule and model different
 # phenomena (pose and viewpoint; clutter with limb-like distractors), and ``all``. On each: the
@@ -173,10 +189,15 @@ PER_SHIFT = ("source_only", "oracle", "source_only_ext", "plain_pl", "ccssl", "m
 ABLATIONS = ("ccssl_no_invariance", "ccssl_no_equivariance", "ccssl_no_temporal")
 
 
-def matrix_methods(matrix: str, shifts: list[str]) -> dict[str, list[str]]:
+def matrix_methods(matrix: str, shifts: list[str], chosen=None) -> dict[str, list[str]]:
     """shift -> methods of a ``--matrix``: ``calibration`` the two references everywhere;
     ``default`` the references and the pseudo-label methods everywhere, and the CC-SSL ablations on
-    ``all`` (or the home shift); ``full`` every method everywhere."""
+    ``all`` (or the home shift); ``full`` every method everywhere; ``labels`` the floor (source-only,
+    the oracle on every labelled subset) and ``chosen`` (LABEL_METHODS) x LABEL_FRACTIONS."""
+    if matrix == "labels":
+        floor = ["source_only", "oracle", *(f"oracle@{f}" for f in LABEL_FRACTIONS if f not in ("0", "all"))]
+        ms = [m for m in chosen or LABEL_METHODS if m in METHODS and m not in floor]
+        return {sh: floor + [m if f == "0" else f"{m}@{f}" for m in ms for f in LABEL_FRACTIONS] for sh in shifts}
     if matrix == "calibration":
         return {sh: ["source_only", "oracle"] for sh in shifts}
     if matrix == "full":
@@ -383,7 +404,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="MLflow experiment (default toy-<preset>-shifts; toy-<preset> with --shifts none)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--matrix", default="default", choices=MATRICES,
-                    help="what runs: default (main methods x shifts, ablations on all), full, calibration")
+                    help="what runs: default (main methods x shifts, ablations on all), full, calibration, labels")
     ap.add_argument("--shifts", nargs="+", default=None,
                     help="shifts (a comma list combines), 'none' for one dataset without shifts (default: "
                          f"{' '.join(DEFAULT_SHIFTS)} for --matrix default, else {' '.join(SINGLE_SHIFTS)} all)")
@@ -404,7 +425,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resolve_shifts(names, matrix: str = "default") -> list[str] | None:
     """``--shifts``: canonical shift names (a comma list in SHIFTS order), None for ``none``."""
     if names is None:
-        return list(DEFAULT_SHIFTS) if matrix == "default" else [*SINGLE_SHIFTS, "all"]
+        return list(DEFAULT_SHIFTS) if matrix == "default" else [LABEL_SHIFT] if matrix == "labels" else [
+            *SINGLE_SHIFTS, "all"]
     if names == ["none"]:
         return None
     out = []
@@ -424,12 +446,12 @@ def main(argv=None) -> int:
     experiment = args.experiment or (f"toy-{args.preset}" if shifts is None else f"toy-{args.preset}-shifts")
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     runs = Path(args.out)
-    if args.methods is not None:
+    if args.methods is not None and (args.matrix != "labels" or shifts is None):
         methods = list(args.methods)
     elif shifts is None:
         methods = ["source_only", "oracle"] if args.matrix == "calibration" else list(METHODS)
     else:
-        methods = matrix_methods(args.matrix, shifts)
+        methods = matrix_methods(args.matrix, shifts, args.methods)
     jobs = plan(args.seeds, methods, runs, experiment, args.backbone, shifts, data)
     done = finished_runs(experiment, args.tracking_uri)
     if args.dry_run:
@@ -465,7 +487,8 @@ def main(argv=None) -> int:
         print("\n[benchmark] target test crop PCK, source-only vs oracle per shift:\n"
               + calibration_table(experiment, args.tracking_uri, args.backbone))
     subprocess.call([str(bin_dir / "da-pose"), "compare", "--experiment", experiment, "--tracking-uri",
-                     args.tracking_uri, "--out", str(runs / experiment / "compare")], cwd=ROOT)
+                     args.tracking_uri, "--out", str(runs / experiment / "compare"),
+                     *(["--by", "labels"] if args.matrix == "labels" else [])], cwd=ROOT)
     if failed:
         print("[benchmark] not finished: " + "; ".join(f"{n} ({outcome[n]})" for n in failed), file=sys.stderr)
         return 1

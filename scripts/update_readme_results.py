@@ -16,7 +16,8 @@ from pathlib import Path
 
 import tempfile
 
-from da_pose.eval.compare import compare_markdown, summarize_experiment
+from da_pose.eval.compare import compare_markdown, fetch_per_image, paired_interval, summarize_experiment
+from da_pose.eval.labels_curve import write_labels
 
 REPRODUCE = {
     "shift-calibration": "Reproduce: `python scripts/benchmark.py --matrix calibration --preset demo --seeds 0 "
@@ -25,6 +26,9 @@ REPRODUCE = {
                          "`--shifts pose all --methods plain_pl ccssl source_only_ext` (the adaptation rows), then `python "
                          "scripts/update_readme_results.py --experiment shifts-calib --tracking-uri sqlite:///calib.db "
                          "--block shift-calibration --by shift --reference oracle`.",
+    "labels": "Reproduce: `python scripts/benchmark.py --matrix labels` (the plot: its `runs/toy-demo-shifts/"
+              "compare/compare_labels.png`), then `python scripts/update_readme_results.py --experiment "
+              "toy-demo-shifts --block labels --by labels`.",
     "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "
             "`python scripts/update_readme_results.py --experiment toy-demo --block demo`.",
     "benchmark": "Reproduce: `make benchmark`, then "
@@ -41,7 +45,11 @@ def render(experiment: str, tracking_uri: str, block: str, reference: str = "pla
            unit: str = "video") -> str:
     with tempfile.TemporaryDirectory() as cache:
         rows, other = summarize_experiment(experiment, tracking_uri, Path(cache), reference=reference, unit=unit)
-    text = compare_markdown(experiment, rows, other, reference, by, unit)
+        text = compare_markdown(experiment, rows, other, reference, by, unit)
+        if by == "labels":  # the labels-vs-PCK table paired to the supervised-only floor (plot: compare --by labels)
+            fetch = lambda run: fetch_per_image(run, tracking_uri, Path(cache))  # noqa: E731
+            text += "\n" + write_labels(rows, Path(cache), lambda a, b: paired_interval(a, b, fetch, unit=unit),
+                                         unit, experiment)[0]
     return text + "\n" + REPRODUCE.get(block, "") + "\n"
 
 
@@ -60,7 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--block", default="demo")
     ap.add_argument("--check", action="store_true", help="exit 1 when the README block differs")
     ap.add_argument("--reference", default="plain_pl", help="the method every other is paired against")
-    ap.add_argument("--by", choices=["shift"], default=None, help="one table per shift and a gap summary")
+    ap.add_argument("--by", choices=["shift", "labels"], default=None,
+                    help="shift: one table per shift and a gap summary; labels: PCK against the labelled fraction")
     ap.add_argument("--unit", choices=["video", "image"], default="video", help="what the bootstrap resamples")
     args = ap.parse_args(argv)
     path = Path(args.readme)

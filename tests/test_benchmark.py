@@ -193,3 +193,33 @@ def test_calibration_matrix_runs_per_shift_with_tags(bench, tmp_path, mlflow_tem
     a = tmp_path / "data" / "pose" / "synthetic_animal"
     b = tmp_path / "data" / "shape" / "synthetic_animal"
     assert sorted(p.name for p in a.rglob("*.png")) == sorted(p.name for p in b.rglob("*.png"))
+
+
+def test_labels_matrix_crosses_methods_with_labelled_fractions(bench, tmp_path, mlflow_template, capsys):
+    assert bench.resolve_shifts(None, "labels") == ["pose"]
+    methods = bench.matrix_methods("labels", ["pose"])["pose"]
+    fractions = [f for f in bench.LABEL_FRACTIONS if f != "0"]
+    for m in bench.LABEL_METHODS:
+        assert m in methods and all(f"{m}@{f}" in methods for f in fractions)
+    # the floor: source-only (0 labels), the oracle on every subset, the oracle on all labels
+    assert {"source_only", "oracle", "oracle@0.01", "oracle@0.05", "oracle@0.1"} <= set(methods)
+    assert "oracle@all" not in methods and "oracle@0" not in methods
+    jobs = {j.name: j for j in bench.plan([0, 1, 2], {"pose": methods}, Path("runs"), "exp", shifts=["pose"], data="d")}
+    per_seed = 1 + 4 + len(bench.LABEL_METHODS) * len(bench.LABEL_FRACTIONS)
+    assert len(jobs) == 3 * per_seed
+    cc = jobs["ccssl_l5_hg_pose_s1"]
+    assert "data.target_labels=0.05" in cc.argv and cc.argv[:2] == ["adapt", "ccssl"]
+    assert cc.after == ["pretrain_hg_s1"] and "init=runs/exp/pretrain_hg_s1/last.pt" in cc.argv
+    floor = jobs["oracle_l1_hg_pose_s2"]
+    assert floor.argv[0] == "finetune" and "data.target_labels=0.01" in floor.argv
+    assert "data.target_labels=all" in jobs["mean_teacher_lall_hg_pose_s0"].argv
+    # 0 labels and the oracle on all labels are the shift benchmark's own runs (shared by name)
+    assert not any(a.startswith("data.target_labels") for a in jobs["plain_pl_hg_pose_s0"].argv + jobs[
+        "oracle_hg_pose_s0"].argv)
+    only = bench.matrix_methods("labels", ["pose"], ["mean_teacher"])["pose"]
+    assert "mean_teacher@0.1" in only and "ccssl" not in only
+    uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
+    rc = bench.main(["--dry-run", "--matrix", "labels", "--data", str(tmp_path / "d"), "--tracking-uri", uri])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ccssl_l10_hg_pose_s2" in out and f"{3 * per_seed} of {3 * per_seed} runs to do" in out
+    assert "estimated" in out

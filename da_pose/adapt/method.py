@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from da_pose import config as config_mod
+from da_pose.adapt import semi
 from da_pose.config import Config
 from da_pose.data.loaders import domain_records, eval_loader, make_codec, make_dataset, mixed_batches
 from da_pose.data.skeleton import NUM_JOINTS
@@ -73,6 +74,8 @@ class Method:
         needs: data roles loaded for it: ``source`` (labelled source train), ``target``
             (unlabelled target train: ``job.data["target"]`` with its labels hidden and
             ``job.data["target_eval"]`` without augmentation), ``other`` (another body plan).
+            With ``data.target_labels`` the target records carry only the labelled subset's labels
+            and every round's steps gain its supervised term (:mod:`da_pose.adapt.semi`).
         step: ``step(model, batch, section) -> {"loss": ...}`` for the default round plan (one
             batch of every needed role per step, ``batch[role]``).
         rounds: number of rounds from the section (default 1).
@@ -209,7 +212,9 @@ def load_data(job: AdaptJob) -> None:
     if "source" in needs:
         job.data["source"] = job.dataset(domain_records(cfg, "source", "train"), train=True)
     if "target" in needs:
-        job.data["target_eval"] = job.dataset(domain_records(cfg, "target", "train"), train=False)
+        # data.target_labels: the labelled subset's labels only (semi.py); else every label, hidden below
+        records = semi.load_target(job, domain_records(cfg, "target", "train"))
+        job.data["target_eval"] = job.dataset(records, train=False)
         # readable frames only (the eval dataset dropped unreadable ones); labels never used
         job.data["target"] = job.hidden_labels(job.dataset(job.data["target_eval"].records, train=True))
     job.test = TargetTest.load(job.ctx, job.codec)
@@ -243,10 +248,11 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
     """Run ``method`` from ``cfg.init``: data, modules, rounds, target-test report, MLflow."""
     method = get_method(method) if isinstance(method, str) else method
     cfg = method_config(cfg, method)
+    semi.label_spec(cfg)  # a malformed data.target_labels fails before the run opens
     if cfg.train.selection == "source_val":
         raise ConfigError(f"adapt {method.name}: train.selection=source_val is for pretraining; adaptation selects "
                           "on target_val or reports the last checkpoint")
-    with open_run(cfg, f"adapt {method.name}") as ctx:
+    with open_run(cfg, f"adapt {method.name}", roles=method.needs) as ctx:
         if not cfg.init and ctx.resume_from is None:
             raise ConfigError(f"adapt {method.name} starts from a pretrained checkpoint: pass --set init=PATH")
         job = AdaptJob(cfg, ctx, method, make_codec(cfg))
@@ -265,7 +271,7 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
         for r in range(rounds):
             end = start + (method.round_epochs(job, r) if method.round_epochs else cfg.train.epochs)
             if trainer.epoch < end:
-                plan = plan_round(job, r)
+                plan = semi.supervised_plan(job, plan_round(job, r))  # + the labelled target term
                 trainer.round = r
                 trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(job.state.get("criteria")),
                             select=job.test.select_key(),

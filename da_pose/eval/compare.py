@@ -52,6 +52,8 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
         item = {"run_id": run.info.run_id, "name": tags.get("mlflow.runName", run.info.run_name),
                 "method": tags.get("method", "?"), "backbone": tags.get("backbone", "?"),
                 "seed": tags.get("seed", "?"), "shift": tags.get("shift", ""),
+                # semi-supervised runs (data.target_labels): their labelled subset, a row of its own
+                "labels": tags.get("target_labels", ""), "labels_fraction": tags.get("target_labels_fraction", ""),
                 "selection": tags.get("selection", "last"), "settings": tags.get("settings", "defaults"),
                 "status": run.info.status, "metrics": metrics, "all_metrics": sorted(map(metric_name, run.data.metrics))}
         if run.info.status == "FINISHED" and "pck@0.05_crop/mean" in metrics:
@@ -62,35 +64,51 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
-    """Group runs by (method, backbone, shift): per metric mean, std (over seeds, ddof=1), count.
+    """Group runs by (method, backbone, shift, labelled subset): per metric mean, std (over seeds,
+    ddof=1), count.
 
     Adds ``gap_recovered`` = (method - source_only) / (oracle - source_only) on the mean PCK where
     both references exist for the backbone and shift. Each row keeps its ``runs``.
     """
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["method"], r["backbone"], r.get("shift", "")), []).append(r)
+        groups.setdefault((r["method"], r["backbone"], r.get("shift", ""), r.get("labels", "")), []).append(r)
     order = {m: i for i, m in enumerate(method_order())}
     rows = []
-    for (method, backbone, shift), items in sorted(
-            groups.items(), key=lambda kv: (kv[0][2], kv[0][1], order.get(kv[0][0], 50), kv[0][0])):
+    for (method, backbone, shift, labels), items in sorted(
+            groups.items(), key=lambda kv: (kv[0][2], kv[0][1], order.get(kv[0][0], 50), kv[0][0],
+                                            _fraction(kv[1][0]))):
         keys = sorted({k for r in items for k in r["metrics"]})
         mean, std = {}, {}
         for k in keys:
             vals = np.array([r["metrics"][k] for r in items if k in r["metrics"]], dtype=np.float64)
             mean[k] = float(vals.mean())
             std[k] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-        rows.append({"method": method, "backbone": backbone, "shift": shift, "n": len(items), "mean": mean,
+        rows.append({"method": method, "backbone": backbone, "shift": shift, "labels": labels,
+                     "labels_fraction": _fraction(items[0]), "n": len(items), "mean": mean,
                      "std": std, "seeds": sorted(r["seed"] for r in items), "runs": items,
                      "selection": "/".join(sorted({r.get("selection", "last") for r in items}))})
     key = "pck@0.05_crop/mean"
     for row in rows:
         ref = {r["method"]: r["mean"].get(key) for r in rows
-               if r["backbone"] == row["backbone"] and r["shift"] == row["shift"]}
+               if r["backbone"] == row["backbone"] and r["shift"] == row["shift"] and not r["labels"]}
         src, orc = ref.get("source_only"), ref.get("oracle")
         row["gap_recovered"] = (float((row["mean"][key] - src) / (orc - src))
                                 if src is not None and orc is not None and orc != src else float("nan"))
     return rows
+
+
+def _fraction(run: dict) -> float:
+    """The labelled share of the target train split a run used: its tag; else all for the runs
+    trained on every target label (oracle, CC-SSL-R), none for the others."""
+    if run.get("labels_fraction", "") not in ("", None):
+        return float(run["labels_fraction"])
+    return 1.0 if run.get("method") in ("oracle", "ccssl_r") else 0.0
+
+
+def row_name(row: dict) -> str:
+    """A row's method, with its labelled subset when it has one (``ccssl @ 0.05 labels``)."""
+    return f"{row['method']} @ {row['labels']} labels" if row.get("labels") else row["method"]
 
 
 # ------------------------------------------------------------------------------ paired intervals
@@ -182,14 +200,18 @@ def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int 
                unit: str = "video") -> None:
     """``row["paired"]``: vs source_only, vs ``reference`` and gap recovered, each an interval
     dict or None (no reference row, no common seed, or no per-image results)."""
-    by_key = {(r["method"], r["backbone"], r["shift"]): r for r in rows}
+    by_key = {(r["method"], r["backbone"], r["shift"], r.get("labels", "")): r for r in rows}
     for row in rows:
-        key = lambda m: by_key.get((m, row["backbone"], row["shift"]))  # noqa: E731
-        src, ref, orc = key("source_only"), key(reference), key("oracle")
+        key = lambda m, labels="": by_key.get((m, row["backbone"], row["shift"], labels))  # noqa: E731
+        # the references without labels; the reference method on the row's own labelled subset
+        src, ref, orc = key("source_only"), key(reference, row.get("labels", "")), key("oracle")
+        same = lambda other: other is not None and other is not row and other["method"] == row["method"]  # noqa: E731
         row["paired"] = {
-            "vs_source": paired_interval(row, src, fetch, draws, unit=unit) if src and src is not row else None,
+            "vs_source": paired_interval(row, src, fetch, draws, unit=unit) if src and src is not row
+            and not same(src) else None,
             "vs_reference": paired_interval(row, ref, fetch, draws, unit=unit) if ref and ref is not row else None,
-            "gap": gap_interval(row, src, orc, fetch, draws, unit=unit) if src and orc and row is not src else None,
+            "gap": gap_interval(row, src, orc, fetch, draws, unit=unit) if src and orc and row is not src
+            and not same(orc) and not same(src) else None,
         }
 
 
@@ -218,7 +240,7 @@ def criteria_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """Method rows, one column per criterion: mean Spearman correlation with target val PCK."""
     names = list(criteria.CRITERIA)
     return (["method", "backbone", "shift", "runs", *names],
-            [[r["method"], r["backbone"], r["shift"] or "-", r["n"], *(r["criteria"][n] for n in names)]
+            [[row_name(r), r["backbone"], r["shift"] or "-", r["n"], *(r["criteria"][n] for n in names)]
              for r in rows if "criteria" in r])
 
 
@@ -243,7 +265,7 @@ def paired_table(rows: list[dict], reference: str) -> tuple[list[str], list[list
         k = "pck@0.05_crop/mean"
         mean = f"{row['mean'][k]:.1f} ± {row['std'][k]:.1f}" if row["n"] > 1 else f"{row['mean'][k]:.1f}"
         p = row.get("paired", {})
-        table.append([row["method"], row["backbone"], row["n"], row["selection"], mean,
+        table.append([row_name(row), row["backbone"], row["n"], row["selection"], mean,
                       _cell(p.get("vs_source")), _separates(p.get("vs_source")),
                       _cell(p.get("vs_reference")), _separates(p.get("vs_reference")),
                       _cell(p.get("gap"), percent=True)])
@@ -256,7 +278,7 @@ def compare_tables(rows: list[dict], kind: str = "group") -> tuple[list[str], li
     headers = ["method", "backbone", "runs"] + names + ["mean", "gap recovered"]
     table = []
     for row in rows:
-        cells = [row["method"], row["backbone"], row["n"]]
+        cells = [row_name(row), row["backbone"], row["n"]]
         for n in names + ["mean"]:
             k = f"pck@0.05_crop/{n}"
             if k in row["mean"]:
@@ -275,7 +297,7 @@ def shift_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
     cells: dict[tuple[str, str], dict] = {}
     for r in rows:
         p = r.get("paired", {}).get("gap")
-        cells.setdefault((r["method"], r["backbone"]), {})[r["shift"]] = (
+        cells.setdefault((row_name(r), r["backbone"]), {})[r["shift"]] = (
             _cell(p, percent=True) if p else "-" if r["gap_recovered"] != r["gap_recovered"]
             else f"{100 * r['gap_recovered'] + 0.0:.0f} %")  # + 0.0: no "-0 %"
     return ["method", "backbone", *(s or "-" for s in shifts)], [
@@ -336,7 +358,8 @@ def _json_rows(rows: list[dict]) -> list[dict]:
 def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "target_test/",
                 log: bool = True, reference: str = "plain_pl", by: str | None = None,
                 draws: int = stats.DRAWS, unit: str = "video") -> str:
-    """Tables (markdown, CSV), a grouped bar chart and a summary MLflow run for one experiment."""
+    """Tables (markdown, CSV), a grouped bar chart and a summary MLflow run for one experiment;
+    with ``by="labels"`` also the labels-vs-PCK table and plot (:mod:`da_pose.eval.labels_curve`)."""
     out.mkdir(parents=True, exist_ok=True)
     rows, other = summarize_experiment(experiment, tracking_uri, out / "per_image", prefix, reference, draws, unit)
     for kind in ("group", "joint"):
@@ -345,8 +368,16 @@ def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "ta
         report.write_csv(out / f"compare_{kind}.csv", headers, table)
     report.write_csv(out / "compare_paired.csv", *paired_table(rows, reference))
     text = compare_markdown(experiment, rows, other, reference, by, unit)
+    extra: list[str] = []
+    if by == "labels":  # PCK against the labelled target fraction: its table, paired to the floor, and plot
+        from da_pose.eval.labels_curve import write_labels
+
+        fetch = lambda run: fetch_per_image(run, tracking_uri, out / "per_image")  # noqa: E731  (cached)
+        pair = lambda row, ref: paired_interval(row, ref, fetch, draws, unit=unit)  # noqa: E731
+        labels_text, extra = write_labels(rows, out, pair, unit, experiment)
+        text += "\n" + labels_text
     (out / "compare.md").write_text(text)
-    label = lambda r: f"{r['method']} ({r['backbone']}{', ' + r['shift'] if r['shift'] else ''})"  # noqa: E731
+    label = lambda r: f"{row_name(r)} ({r['backbone']}{', ' + r['shift'] if r['shift'] else ''})"  # noqa: E731
     report.bar_chart({label(r): r["mean"] for r in rows}, "pck@0.05_crop", out / "compare.png", kind="group",
                      title=experiment, errors={label(r): r["std"] for r in rows})
     report.write_json(out / "compare.json", _json_rows(rows))
@@ -354,7 +385,7 @@ def run_compare(experiment: str, tracking_uri: str, out: Path, prefix: str = "ta
         tracker = MlflowTracker(tracking_uri, experiment, "compare", tags={"command": "compare"})
         try:
             for name in ("compare.md", "compare_paired.csv", "compare_group.csv", "compare_joint.csv", "compare.png",
-                         "compare.json"):
+                         "compare.json", *extra):
                 tracker.log_artifact(out / name, "compare")
         finally:
             tracker.end("FINISHED")
