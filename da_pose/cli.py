@@ -235,18 +235,38 @@ def compare(experiment, tracking_uri, out, metric_prefix, reference, by, draws, 
 
 
 @cli.command()
-@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(dir_okay=False), help=CHECKPOINT_HELP)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--boxes", default=None, type=click.Path(dir_okay=False),
+              help="Boxes per frame: a COCO detections JSON [{image_id or file_name, bbox [x,y,w,h], score}] "
+                   "or a CSV frame,x,y,w,h (video frames by 0-based index, images by file name). "
+                   "Frames without a box find their own.")
+@click.option("--crop", type=click.Choice(["auto", "whole"]), default="auto", show_default=True,
+              help="auto: whole frame, then the crop around its confident joints, tracked across video "
+                   "frames; whole: the whole frame only (footage already cropped to the animal).")
+@click.option("--pad", default=2.0, show_default=True, help="Crop side / the confident joints' box side.")
+@click.option("--box-pad", default=1.25, show_default=True, help="Crop side / a --boxes box side.")
+@click.option("--smooth", default=0.5, show_default=True,
+              help="Weight of the newest crop in the tracked crop (1: no smoothing).")
+@click.option("--min-conf", default=0.2, show_default=True, help="Confidence of a joint that counts (and is drawn).")
+@click.option("--min-joints", default=4, show_default=True,
+              help="Confident joints needed for a box; fewer in the tracked crop: back to the whole frame.")
+@click.option("--frames/--no-frames", default=False, help="Also a PNG overlay per video frame.")
+@click.option("--tracking-uri", default=None, help="For an MLflow --checkpoint URI.")
 @click.option("--device", default=None)
-def predict(ckpt, inputs, out, device):
-    """Skeleton overlays and keypoint JSON for images, folders or a video file."""
+def predict(ckpt, inputs, out, boxes, crop, pad, box_pad, smooth, min_conf, min_joints, frames, tracking_uri, device):
+    """Labelled videos, overlays and per-frame keypoint tables (CSV, JSON) for images, folders or videos."""
+    from da_pose.checkpoint import fetched
     from da_pose.jobs import config_from_checkpoint
-    from da_pose.predict import run_predict
+    from da_pose.predict import PredictOptions, run_predict
 
-    cfg = config_from_checkpoint(ckpt, [f"device={device}"] if device else [])
-    n = run_predict(ckpt, cfg, list(inputs), Path(out))
-    click.echo(f"wrote {n} overlays and predictions.json to {out}")
+    opts = PredictOptions(crop=crop, pad=pad, box_pad=box_pad, smooth=smooth, min_conf=min_conf,
+                          min_joints=min_joints, frames=frames)
+    with fetched(ckpt, tracking_uri) as path:
+        cfg = config_from_checkpoint(path, [f"device={device}"] if device else [])
+        n = run_predict(str(path), cfg, list(inputs), Path(out), opts, boxes=boxes, checkpoint_ref=ckpt)
+    click.echo(f"wrote {n} labelled frames, predictions.csv and predictions.json to {out}")
 
 
 # ---------------------------------------------------------------------------------------- study

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from da_pose import __version__
 from da_pose.config import register_section
 from da_pose.errors import ConfigError, TrackingError
+from da_pose.retry import retry_locked
 
 # Fail fast instead of MLflow's default minutes of retries against a dead server.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -47,6 +48,7 @@ EXPERIMENT_KIND = "custom_model_development"
 # parameter opens an experiment in the Model training view (its runs table).
 UI_RUNS_VIEW = "workflowType=machine_learning"
 MODEL_FORMATS = ("pickle", "pt2")
+
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,7 @@ class MlflowTracker:
 
         self.uri = uri
         self._monitor = None
+        self.lock_retries = 0  # SQLite lock errors retried (see retry_locked)
         try:
             self.client = MlflowClient(tracking_uri=uri)
             exp_id = self._experiment(experiment)
@@ -240,11 +243,12 @@ class MlflowTracker:
             self.mark_dead_runs()
             all_tags = {**environment_tags((tags or {}).get("command", "")), **(tags or {})}
             if run_id:
-                self.client.update_run(run_id, status="RUNNING")
+                self._call(self.client.update_run, run_id, status="RUNNING")
                 self.run_id = run_id
                 self.set_tags({"pid": str(os.getpid()), "resumed": "true"})
             else:
-                run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+                run = self._call(self.client.create_run, exp_id, run_name=run_name,
+                                 tags={k: str(v) for k, v in all_tags.items()})
                 self.run_id = run.info.run_id
         except TrackingError:
             raise
@@ -254,15 +258,33 @@ class MlflowTracker:
 
     def _experiment(self, name: str) -> str:
         """The id of experiment ``name``, created with MLflow's experiment-kind tag; an existing
-        experiment without the tag gets it (the runs stay as they are)."""
-        exp = self.client.get_experiment_by_name(name)
+        experiment without the tag gets it (the runs stay as they are). Two processes creating it
+        at once: the second finds the first's."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self._call(self.client.get_experiment_by_name, name)
         if exp is None:
-            return self.client.create_experiment(name, artifact_location=_default_artifact_root(self.uri),
-                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            try:
+                return self._call(self.client.create_experiment, name,
+                                  artifact_location=_default_artifact_root(self.uri),
+                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            except MlflowException:
+                exp = self._call(self.client.get_experiment_by_name, name)
+                if exp is None:
+                    raise
         if EXPERIMENT_KIND_TAG not in exp.tags:
             self.extra("marking the experiment's kind", self.client.set_experiment_tag,
                        exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
+
+    def _call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` retried on SQLite lock errors (:func:`retry_locked`), counted in
+        ``lock_retries``."""
+        def count(i, exc):
+            self.lock_retries += 1
+            logging.getLogger(__name__).debug("MLflow store %s locked (%s); retry %d", self.uri, exc, i + 1)
+
+        return retry_locked(fn, *args, on_retry=count, **kwargs)
 
     def extra(self, what: str, fn, *args, **kwargs):
         """``fn(*args, **kwargs)``, where a failure is one warning, never a lost run: the MLflow
@@ -279,14 +301,14 @@ class MlflowTracker:
         """Mark RUNNING runs started on this host by a process that no longer exists as KILLED."""
         host = socket.gethostname()
         killed = []
-        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+        runs = self._call(self.client.search_runs, [self.experiment_id], filter_string="attributes.status = 'RUNNING'",
                                        max_results=200)
         for run in runs:
             if run.data.tags.get("host") != host:
                 continue
             pid = run.data.tags.get("pid", "")
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                self.client.set_terminated(run.info.run_id, status="KILLED")
+                self._call(self.client.set_terminated, run.info.run_id, status="KILLED")
                 killed.append(run.info.run_id)
         return killed
 
@@ -304,16 +326,16 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         with self._store("logging params"):
-            existing = self.client.get_run(self.run_id).data.params
+            existing = self._call(self.client.get_run, self.run_id).data.params
             items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing]
             for i in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[i:i + 100])
+                self._call(self.client.log_batch, self.run_id, params=items[i:i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         with self._store("setting tags"):
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -323,16 +345,16 @@ class MlflowTracker:
                  for k, v in metrics.items() if v == v]  # NaN (never visible) is not logged
         with self._store("logging metrics"):
             for i in range(0, len(items), 500):
-                self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+                self._call(self.client.log_batch, self.run_id, metrics=items[i:i + 500])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         with self._store(f"logging artifact {path}"):
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def artifact_paths(self, folder: str = "") -> set[str]:
         """The paths of the run's artifacts directly under ``folder``."""
         with self._store("listing artifacts"):
-            return {a.path for a in self.client.list_artifacts(self.run_id, folder or None)}
+            return {a.path for a in self._call(self.client.list_artifacts, self.run_id, folder or None)}
 
     def log_inputs(self, inputs: Sequence[Any]) -> None:
         """Log datasets as the run's MLflow inputs. Each item has ``name``, ``digest``, ``source``
@@ -346,7 +368,7 @@ class MlflowTracker:
                               tags=[InputTag(MLFLOW_DATASET_CONTEXT, i.context)]) for i in inputs]
         if items:
             with self._store("logging dataset inputs"):
-                self.client.log_inputs(self.run_id, datasets=items)
+                self._call(self.client.log_inputs, self.run_id, datasets=items)
 
     def log_pytorch_model(self, model, input_shape: Sequence[int], name: str = "model",
                           registered_model_name: str = "", serialization_format: str = "pickle",
@@ -400,7 +422,7 @@ class MlflowTracker:
             self.extra("stopping system metrics", self._monitor.finish)
             self._monitor = None
         try:
-            self.client.set_terminated(self.run_id, status=status)
+            self._call(self.client.set_terminated, self.run_id, status=status)
         except Exception:  # noqa: BLE001 - ending must never mask the original error
             pass
 

@@ -78,6 +78,44 @@ def draw_skeleton(
     return image
 
 
+def draw_prediction(image_bgr: np.ndarray, xy: np.ndarray, conf: np.ndarray, min_conf: float) -> np.ndarray:
+    """A labelled frame: the joints with ``conf >= min_conf`` and their limbs, each joint's
+    circle fading with its confidence, and a bar per joint (top left: height = confidence, in the
+    joint's side colour; a grey tick at ``min_conf``), so a doubtful joint is visible at a glance.
+
+    Shape:
+        image_bgr: (H, W, 3) uint8; xy: (K, 2) pixels; conf: (K,) -> (H, W, 3) uint8
+    """
+    conf = np.asarray(conf, np.float64)
+    kp = np.concatenate([np.asarray(xy, np.float64), (conf >= min_conf)[:, None]], axis=1)
+    solid = draw_skeleton(image_bgr, kp)
+    faint = draw_skeleton(image_bgr, np.concatenate([kp[:, :2], np.ones((len(kp), 1))], axis=1))
+    # joints below min_conf are drawn at 35 % opacity: present, but plainly doubtful
+    out = np.where(np.any(faint != image_bgr, axis=-1, keepdims=True) & ~np.any(solid != image_bgr, axis=-1,
+                   keepdims=True), (0.35 * faint + 0.65 * image_bgr).astype(np.uint8), solid)
+    h, w = out.shape[:2]
+    bar_w, bar_h, x0, y0 = max(2, w // 160), max(12, h // 8), 4, 4
+    names = skeleton.JOINTS if len(conf) == skeleton.NUM_JOINTS else [""] * len(conf)
+    panel = (x0 - 2, y0 - 2, x0 + len(conf) * (bar_w + 1) + 1, y0 + bar_h + 2)
+    out[panel[1]:panel[3], panel[0]:panel[2]] = (out[panel[1]:panel[3], panel[0]:panel[2]] * 0.4).astype(np.uint8)
+    for j, (c, colour) in enumerate(zip(np.clip(conf, 0, 1), side_colours(names))):
+        x = x0 + j * (bar_w + 1)
+        top = y0 + bar_h - int(round(c * bar_h))
+        cv2.rectangle(out, (x, top), (x + bar_w - 1, y0 + bar_h), colour, -1)
+    tick = y0 + bar_h - int(round(min(min_conf, 1.0) * bar_h))
+    cv2.line(out, (x0, tick), (panel[2] - 2, tick), (160, 160, 160), 1)
+    return out
+
+
+def draw_crop(image_bgr: np.ndarray, center, side: float, colour=(0, 215, 255)) -> np.ndarray:
+    """The square crop the model saw, as a thin rectangle (in place; returns the image)."""
+    h = side / 2.0
+    p0 = (int(round(center[0] - h)), int(round(center[1] - h)))
+    p1 = (int(round(center[0] + h)), int(round(center[1] + h)))
+    cv2.rectangle(image_bgr, p0, p1, colour, 1, cv2.LINE_AA)
+    return image_bgr
+
+
 def image_grid(images: list, cols: int, pad: int = 2) -> np.ndarray:
     """Tile images row by row (``cols`` per row) on black, each cell the size of the largest.
 

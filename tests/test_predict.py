@@ -58,7 +58,7 @@ def test_two_image_files(ckpt, tmp_path, capsys):
         cv2.imwrite(str(paths[-1]), image(h, w, i))
     out = tmp_path / "out"
     data = predict(ckpt, out, *paths)
-    assert "wrote 2 overlays" in capsys.readouterr().out
+    assert "wrote 2 labelled frames" in capsys.readouterr().out
     check_predictions(data, sizes)
     assert sorted(p.name for p in out.glob("*.png")) == ["tall.png", "wide.png"]
     # an overlay has the original frame's size
@@ -77,7 +77,7 @@ def test_folder_of_images_skips_other_files(ckpt, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
 
 
-def test_video_file_one_overlay_per_frame(ckpt, tmp_path):
+def test_video_file_one_overlay_per_frame_with_frames(ckpt, tmp_path):
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 64))
     if not writer.isOpened():
@@ -86,7 +86,7 @@ def test_video_file_one_overlay_per_frame(ckpt, tmp_path):
         writer.write(image(64, 80, i))
     writer.release()
     out = tmp_path / "out"
-    data = predict(ckpt, out, video)
+    data = predict(ckpt, out, video, "--frames")
     names = [f"clip_{i:06d}" for i in range(5)]
     check_predictions(data, {n: (64, 80) for n in names})
     assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in names]
