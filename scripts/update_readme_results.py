@@ -26,6 +26,9 @@ REPRODUCE = {
                          "`--shifts pose all --methods plain_pl ccssl source_only_ext` (the adaptation rows), then `python "
                          "scripts/update_readme_results.py --experiment shifts-calib --tracking-uri sqlite:///calib.db "
                          "--block shift-calibration --by shift --reference oracle`.",
+    "shift-benchmark": "Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `all`, 3 seeds), then "
+                       "`python scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark "
+                       "--by shift`.",
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels` (the plot: its `runs/toy-demo-shifts/"
               "compare/compare_labels.png`), then `python scripts/update_readme_results.py --experiment "
               "toy-demo-shifts --block labels --by labels`.",
