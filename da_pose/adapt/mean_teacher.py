@@ -226,6 +226,20 @@ def consistency_mse(heatmaps, target: Tensor, kept: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- the step
+def two_views(base: Tensor, cfg: MeanTeacherConfig, mean: Tensor, std: Tensor):
+    """The teacher's weak and the student's strong view of each target crop, with their affines
+    (crop input pixels -> view input pixels): ``(a_t, a_s, x_t, x_s)``.
+
+    Shape:
+        base: (B, 3, S, S) -> a_t, a_s: (B, 2, 3); x_t, x_s: (B, 3, S, S)
+    """
+    b, s, dev = base.shape[0], base.shape[-1], base.device
+    a_t = view_affines(b, cfg, s, dev) if cfg.teacher_affine else identity_affines(b, dev)
+    a_s = view_affines(b, cfg, s, dev)
+    x_t = warp_batch(base, a_t, s) if cfg.teacher_affine else base
+    return a_t, a_s, x_t, strong_view(base, a_s, cfg, mean, std)
+
+
 def mean_teacher_step(model, batch: dict, teacher: EMATeacher, codec, mean: Tensor, std: Tensor,
                       cfg: MeanTeacherConfig) -> dict[str, Tensor]:
     """L = L_src + weight L_cons, pure (the EMA update is :class:`EMACallback`'s).
@@ -236,12 +250,8 @@ def mean_teacher_step(model, batch: dict, teacher: EMATeacher, codec, mean: Tens
     Shape:
         batch["source"]: labelled items; batch["target"]["image"]: (B, 3, S, S) (labels unused)
     """
-    src, base = batch["source"], batch["target"]["image"]
-    b, s, dev = base.shape[0], base.shape[-1], base.device
-    a_t = view_affines(b, cfg, s, dev) if cfg.teacher_affine else identity_affines(b, dev)
-    a_s = view_affines(b, cfg, s, dev)
-    x_t = warp_batch(base, a_t, s) if cfg.teacher_affine else base
-    x_s = strong_view(base, a_s, cfg, mean, std)
+    src = batch["source"]
+    a_t, a_s, x_t, x_s = two_views(batch["target"]["image"], cfg, mean, std)
     teacher.train()
     with torch.no_grad():
         t_hm = teacher(x_t).heatmaps[-1]  # B, K, h, w in the teacher's view
@@ -312,14 +322,20 @@ def _on_build(job: AdaptJob) -> None:
         job.state_modules["teacher"].copy_from(job.model)
 
 
-def _plan_round(job: AdaptJob, r: int) -> RoundPlan:
+def round_parts(job: AdaptJob, step_fn, **extra):
+    """``(step, batches)`` of a mean-teacher round: ``step_fn`` with the teacher, the codec and the
+    target's normalisation bound, over mixed source and target batches."""
     c, ds = job.section, job.state["target_base"]
     data = {"source": job.data["source"], "target": ds}
     steps = job.steps_per_epoch(max(len(d) for d in data.values()), c.steps_per_epoch)
     mean = torch.tensor(ds.mean, dtype=torch.float32, device=job.ctx.device).view(1, 3, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32, device=job.ctx.device).view(1, 3, 1, 1)
-    step = partial(mean_teacher_step, teacher=job.state_modules["teacher"], codec=job.codec, mean=mean, std=std, cfg=c)
-    return RoundPlan(step, job.mixed(data, steps), desc="mean teacher")
+    step = partial(step_fn, teacher=job.state_modules["teacher"], codec=job.codec, mean=mean, std=std, cfg=c, **extra)
+    return step, job.mixed(data, steps)
+
+
+def _plan_round(job: AdaptJob, r: int) -> RoundPlan:
+    return RoundPlan(*round_parts(job, mean_teacher_step), desc="mean teacher")
 
 
 def _callbacks(job: AdaptJob) -> list[Callback]:

@@ -54,6 +54,7 @@ from da_pose.adapt.wscda import average_gradients_over_ranks
 from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.errors import ConfigError, TrainingError
 from da_pose.models.factory import build_model
+from da_pose.models.layers import scale_grad
 from da_pose.models.hourglass import HourglassNet
 from da_pose.models.pose_resnet import PoseResNet
 from da_pose.train.losses import joints_mse
@@ -165,24 +166,6 @@ def ground_false(gt: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- the heads
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the incoming gradient times ``lam`` backward (not reversed)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, lam: float) -> Tensor:
-        ctx.lam = float(lam)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.lam, None
-
-
-def scale_grad(x: Tensor, lam: float) -> Tensor:
-    """The warm-start gradient layer's function: ``x`` forward, gradient x ``lam`` backward."""
-    return _ScaleGrad.apply(x, lam)
-
-
 def warm_start_lambda(i: int, lo: float = 0.0, hi: float = 0.1, alpha: float = 1.0, max_iters: int = 1000) -> float:
     """``2 (hi - lo) / (1 + exp(-alpha i / max_iters)) - (hi - lo) + lo`` (GL L12-73): lo at
     i = 0, rising to hi; 0.2 / (1 + exp(-i / 1000)) - 0.1 at the published values."""

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from da_pose.adapt.ccssl import generate_pseudo_labels
 from da_pose.adapt.mean_teacher import EMACallback, EMATeacher
 from da_pose.adapt.method import AdaptJob, Method, RoundPlan, register
-from da_pose.adapt.pseudo_labels import PseudoLabels, load_or_generate_labels, log_round
-from da_pose.adapt.uda_animal import Clock, consistency_weight, flip_rotate_affines, label_settings
+from da_pose.adapt.pseudo_labels import PseudoLabels
+from da_pose.adapt.uda_animal import Clock, consistency_weight, flip_rotate_affines
+from da_pose.adapt.uda_animal import initial_labels as uda_initial_labels
 from da_pose.data import labelled as labelled_mod
 from da_pose.data.codec import heatmap_argmax
 from da_pose.data.randaugment import draw_plan, rand_augment, random_cutout
@@ -55,7 +55,6 @@ from da_pose.data.skeleton import NUM_JOINTS
 from da_pose.data.transforms import apply_affine, compose, warp_batch
 from da_pose.errors import ConfigError
 from da_pose.models.factory import build_model
-from da_pose.run import load_model
 from da_pose.train.losses import joints_mse
 from da_pose.train.trainer import Callback, epoch_seed
 
@@ -386,18 +385,8 @@ def _on_build(job: AdaptJob) -> None:
 
 
 def initial_labels(job: AdaptJob) -> PseudoLabels:
-    """The initial pseudo-labels, made once from the init weights (a resumed run reads the file of
-    its start, or makes it again from the init checkpoint)."""
-    ctx, label_ds = job.ctx, job.data["target_eval"]
-    path = ctx.run_dir / "pseudo_labels" / "round_00.pt"
-    if job.resumed and path.is_file():
-        labels, cached = PseudoLabels.load(path), True
-    else:
-        labeller = load_model(job.cfg.init, job.cfg, ctx.device) if job.resumed else job.model
-        labels, cached = load_or_generate_labels(ctx, labeller, job.codec, label_ds, label_ds.records, 0,
-                                                 label_settings(job), generate_pseudo_labels)
-    log_round(ctx, labels, cached, label_ds.records, 0, "scarcenet", "ScarceNet initial pseudo-labels")
-    return labels
+    """The initial pseudo-labels, made once from the init weights as UDA-Animal makes them."""
+    return uda_initial_labels(job, "scarcenet", "ScarceNet initial pseudo-labels")
 
 
 def _plan_round(job: AdaptJob, r: int) -> RoundPlan:

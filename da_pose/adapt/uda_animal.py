@@ -445,6 +445,22 @@ def _on_build(job: AdaptJob) -> None:
                 average_gradients_over_ranks(job.modules[name])
 
 
+def initial_labels(job: AdaptJob, prefix: str = "uda_animal", title: str = "UDA-Animal pseudo-labels") -> PseudoLabels:
+    """The pseudo-labels made once from the init weights (UDA-Animal, ScarceNet). A resumed run
+    reads the file of its start (or, if it is gone, makes it again from the init checkpoint),
+    never labels with the weights it has trained since."""
+    ctx, label_ds = job.ctx, job.data["target_eval"]
+    path = ctx.run_dir / "pseudo_labels" / "round_00.pt"
+    if job.resumed and path.is_file():
+        labels, cached = PseudoLabels.load(path), True
+    else:
+        labeller = load_model(job.cfg.init, job.cfg, ctx.device) if job.resumed else job.model
+        labels, cached = load_or_generate_labels(ctx, labeller, job.codec, label_ds, label_ds.records, 0,
+                                                 label_settings(job), generate_pseudo_labels)
+    log_round(ctx, labels, cached, label_ds.records, 0, prefix, title)
+    return labels
+
+
 def _plan_round(job: AdaptJob, r: int) -> RoundPlan:
     """The initial pseudo-labels (once, from the init weights), then the training plan. A resumed
     run reads the labels it made at its start (or, if that file is gone, makes them again from
@@ -452,16 +468,7 @@ def _plan_round(job: AdaptJob, r: int) -> RoundPlan:
     c, ctx = job.section, job.ctx
     target = job.data["target"]
     if c.pseudo_labels:
-        label_ds = job.data["target_eval"]
-        path = ctx.run_dir / "pseudo_labels" / "round_00.pt"
-        if job.resumed and path.is_file():
-            labels, cached = PseudoLabels.load(path), True
-        else:
-            labeller = load_model(job.cfg.init, job.cfg, ctx.device) if job.resumed else job.model
-            labels, cached = load_or_generate_labels(ctx, labeller, job.codec, label_ds, label_ds.records, 0,
-                                                     label_settings(job), generate_pseudo_labels)
-        log_round(ctx, labels, cached, label_ds.records, 0, "uda_animal", "UDA-Animal pseudo-labels")
-        target = target.with_keypoints(labels.as_labels())
+        target = target.with_keypoints(initial_labels(job).as_labels())
     clock = job.state["clock"]
     clock.step = int(job.trainer.step)
     mean = torch.tensor(target.mean, dtype=torch.float32, device=ctx.device).view(1, 3, 1, 1)

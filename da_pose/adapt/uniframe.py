@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from da_pose.adapt.mean_teacher import (MEAN_TEACHER, MeanTeacherConfig, consistency_mse, identity_affines,
-                                        strong_view, teacher_targets, view_affines)
+from da_pose.adapt.mean_teacher import (MEAN_TEACHER, MeanTeacherConfig, consistency_mse, round_parts, teacher_targets,
+                                        two_views)
 from da_pose.adapt.method import AdaptJob, RoundPlan, register, variant
 from da_pose.data.codec import heatmap_argmax
-from da_pose.data.transforms import apply_affine, compose, invert_affine, warp_batch
+from da_pose.data.transforms import apply_affine, compose, invert_affine
 from da_pose.errors import ConfigError
 from da_pose.train.losses import joints_mse
 
@@ -326,11 +326,8 @@ def uniframe_step(model, batch: dict, teacher, codec, mean: Tensor, std: Tensor,
         batch["source"]: labelled items; batch["target"]["image"]: (B, 3, S, S) (labels unused)
     """
     src, base = batch["source"], batch["target"]["image"]
-    b, s, dev = base.shape[0], base.shape[-1], base.device
-    a_t = view_affines(b, cfg, s, dev) if cfg.teacher_affine else identity_affines(b, dev)
-    a_s = view_affines(b, cfg, s, dev)
-    x_t = warp_batch(base, a_t, s) if cfg.teacher_affine else base
-    x_s = strong_view(base, a_s, cfg, mean, std)
+    s = base.shape[-1]
+    a_t, a_s, x_t, x_s = two_views(base, cfg, mean, std)
     src_img, x_t, style_stats = restyle_both(src["image"], x_t, transfer, cfg, mean, std)
     teacher.train()
     with torch.no_grad():
@@ -379,14 +376,8 @@ def _setup(job: AdaptJob) -> None:
 
 
 def _plan_round(job: AdaptJob, r: int) -> RoundPlan:
-    c, ds = job.section, job.state["target_base"]
-    data = {"source": job.data["source"], "target": ds}
-    steps = job.steps_per_epoch(max(len(d) for d in data.values()), c.steps_per_epoch)
-    mean = torch.tensor(ds.mean, dtype=torch.float32, device=job.ctx.device).view(1, 3, 1, 1)
-    std = torch.tensor(ds.std, dtype=torch.float32, device=job.ctx.device).view(1, 3, 1, 1)
-    step = partial(uniframe_step, teacher=job.state_modules["teacher"], codec=job.codec, mean=mean, std=std, cfg=c,
-                   transfer=job.state["style"])
-    return RoundPlan(step, job.mixed(data, steps), desc=f"uniframe ({c.style})")
+    return RoundPlan(*round_parts(job, uniframe_step, transfer=job.state["style"]),
+                     desc=f"uniframe ({job.section.style})")
 
 
 def _tags(job: AdaptJob) -> dict:

@@ -81,8 +81,8 @@ def add_upsampled2x(skip: Tensor, low: Tensor) -> Tensor:
 # gradient reversal (Ganin & Lempitsky 2015), used by WS-CDA's adversarial feature training
 
 
-class _GradReverse(torch.autograd.Function):
-    """Identity forward; the incoming gradient times ``-lam`` backward."""
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the incoming gradient times ``lam`` backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, lam: float) -> Tensor:
@@ -92,7 +92,17 @@ class _GradReverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * (-ctx.lam), None
+        return grad * ctx.lam, None
+
+
+def scale_grad(x: Tensor, lam: float) -> Tensor:
+    """Identity forward; backward multiplies the gradient by ``lam`` (RegDA's warm start, not
+    reversed; :func:`grad_reverse` is ``lam`` negated).
+
+    Shape:
+        x: any shape; the output has the same shape.
+    """
+    return _ScaleGrad.apply(x, lam)
 
 
 def grad_reverse(x: Tensor, lam: float = 1.0) -> Tensor:
@@ -105,7 +115,7 @@ def grad_reverse(x: Tensor, lam: float = 1.0) -> Tensor:
     Shape:
         x: any shape; the output has the same shape.
     """
-    return _GradReverse.apply(x, lam)
+    return _ScaleGrad.apply(x, -float(lam))
 
 
 class GradReverse(nn.Module):
