@@ -25,6 +25,19 @@ of the same shift on the labelled target. The runs are ``da-pose`` commands (one
 ``<config>_<bb>[_<shift>]_s<seed>``. Resumable: a run already FINISHED in MLflow is skipped, an
 interrupted one continues from its last checkpoint (``--resume auto``), and a failed run only stops
 the runs that depend on it. Logs: ``<out>/<experiment>/logs/<run>.log``.
+
+On a cluster (``--launcher slurm``, the ``cluster`` extra: submitit): the same plan, the same skip of
+FINISHED runs, the same commands, environment and log files, one SLURM job per run, each
+dependent run submitted with ``--dependency=afterok:<its prerequisites' job ids>`` (and
+``--kill-on-invalid-dep=yes``, so a failed prerequisite cancels its dependents); the script returns
+once every job id is printed. The data is generated before submission, on the submitting machine
+(as the local runner does), so every job finds it on the shared file system and no job has to wait
+for a generation job. Every job must log to one shared MLflow tracking server (``--tracking-uri
+http://host:5000``, README "On a cluster"). Run the same command again once the jobs are done:
+it submits nothing, tags the evaluate runs and prints the comparison (run while jobs are still
+queued, it submits the unfinished ones again). ``--launcher local-submitit``: the same submission
+code with submitit's LocalExecutor on this machine, which knows no dependencies: each run is
+submitted once its prerequisites' results are in (the tests use it).
 """
 
 from __future__ import annotations
@@ -278,6 +291,49 @@ def tag_runs(jobs: list[Job], experiment: str, tracking_uri: str) -> None:
                     client.set_tag(run.info.run_id, key, value)
 
 
+def to_run(jobs: list[Job], done: set[str]) -> list[tuple[Job, list[str]]]:
+    """The dependency graph of every launcher: the jobs not in ``done`` in an order where each
+    comes after its prerequisites (the plan's order where it allows), each with the prerequisites
+    it still waits for (a FINISHED one is no longer a dependency)."""
+    left = [j for j in jobs if j.name not in done]
+    placed, order = set(done), []
+    while left:
+        job = next((j for j in left if all(a in placed for a in j.after)), None)
+        if job is None:
+            raise ValueError("unknown prerequisite or dependency cycle: "
+                             + ", ".join(f"{j.name} after {', '.join(j.after)}" for j in left))
+        order.append((job, [a for a in job.after if a not in done]))
+        placed.add(job.name)
+        left.remove(job)
+    return order
+
+
+def run_env(threads: int) -> dict[str, str]:
+    """What every run's environment sets on top of the machine's: its torch threads."""
+    return {"DA_POSE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+
+
+def command(job: Job, shared: dict[str, list[str]], bin_dir: Path) -> list[str]:
+    """The run's full command: ``da-pose`` with the job's argv and the options of its kind."""
+    return [str(bin_dir / "da-pose"), *job.argv, *shared[job.kind]]
+
+
+def run_logged(argv: list[str], log: str, env: dict[str, str]) -> int:
+    """Run ``argv`` in the repository with ``env`` added to this machine's environment, its
+    output appended to ``log``; returns the exit code."""
+    with open(log, "ab") as out:
+        return subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, **env), cwd=ROOT)
+
+
+def run_job(name: str, argv: list[str], log: str, env: dict[str, str]) -> str:
+    """What a submitit job calls (top level, so it pickles): the local runner's command, log and
+    environment; raises with one line when the command fails."""
+    rc = run_logged(argv, log, env)
+    if rc != 0:
+        raise RuntimeError(f"{name}: exit {rc}, see {log}")
+    return name
+
+
 def run_all(jobs: list[Job], shared: dict[str, list[str]], done: set[str], n_jobs: int, threads: int, logs: Path,
             bin_dir: Path, on_finished=None) -> dict[str, str]:
     """Run the jobs not in ``done``, at most ``n_jobs`` at a time; returns name -> outcome.
@@ -287,15 +343,12 @@ def run_all(jobs: list[Job], shared: dict[str, list[str]], done: set[str], n_job
     """
     logs.mkdir(parents=True, exist_ok=True)
     outcome = {j.name: "finished earlier" for j in jobs if j.name in done}
-    pending = [j for j in jobs if j.name not in done]
-    env = dict(os.environ, DA_POSE_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    exe = str(bin_dir / "da-pose")
+    pending = [j for j, _ in to_run(jobs, done)]
+    env = run_env(threads)
 
     def launch(job: Job) -> tuple[Job, int, float]:
         t0 = time.perf_counter()
-        with open(logs / f"{job.name}.log", "ab") as log:
-            rc = subprocess.call([exe, *job.argv, *shared[job.kind]], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 cwd=ROOT)
+        rc = run_logged(command(job, shared, bin_dir), str(logs / f"{job.name}.log"), env)
         return job, rc, time.perf_counter() - t0
 
     running = {}
@@ -324,6 +377,94 @@ def run_all(jobs: list[Job], shared: dict[str, list[str]], done: set[str], n_job
                 if rc == 0 and on_finished is not None:
                     on_finished(job)
                 print(f"[benchmark] {job.name}: {outcome[job.name]}", flush=True)
+    return outcome
+
+
+LAUNCHERS = ("local", "slurm", "local-submitit")
+SUBMITIT_MISSING = ("[benchmark] --launcher {} needs submitit: pip install -e '.[cluster]' "
+                    "(or pip install 'submitit>=1.5')")
+
+
+def afterok(job_ids: list[str]) -> str | None:
+    """sbatch's ``--dependency``: start once every one of ``job_ids`` exited 0 (None: no dependency)."""
+    return "afterok:" + ":".join(job_ids) if job_ids else None
+
+
+def slurm_parameters(name: str, after_ids: list[str], partition: str | None = None, minutes: int = 240,
+                     cpus: int = 4, gpus: int = 0, mem: str | None = None) -> dict:
+    """``SlurmExecutor.update_parameters`` for one run (every key set, so nothing carries over
+    from the previous run's; None leaves the option out of the sbatch file)."""
+    return {"job_name": name, "partition": partition, "time": minutes, "cpus_per_task": cpus,
+            "gpus_per_node": gpus or None, "mem": mem, "dependency": afterok(after_ids),
+            "stderr_to_stdout": True,
+            # a prerequisite that failed cancels its dependents instead of leaving them pending forever
+            "additional_parameters": {"kill-on-invalid-dep": "yes"} if after_ids else {}}
+
+
+def make_executor(launcher: str, folder: Path):
+    """submitit's SlurmExecutor (``slurm``) or LocalExecutor (``local-submitit``) writing to ``folder``."""
+    import cloudpickle
+    import submitit
+
+    if __name__ != "__main__":  # loaded from its file (the tests): not importable where the job runs
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return (submitit.SlurmExecutor if launcher == "slurm" else submitit.LocalExecutor)(folder=folder)
+
+
+def submit_all(jobs: list[Job], shared: dict[str, list[str]], done: set[str], threads: int, logs: Path,
+               bin_dir: Path, executor, parameters, wait: bool, on_finished=None) -> dict[str, str]:
+    """Submit the jobs not in ``done`` through a submitit ``executor``, one job per run calling
+    ``run_job`` with the local runner's command, environment and log; returns name -> outcome.
+
+    ``parameters(job, after_ids)``: the executor's parameters for a run whose prerequisites are
+    the submitted jobs ``after_ids``. ``wait`` False (SLURM): the prerequisites are the scheduler's
+    dependencies (``slurm_parameters``); returns once all are submitted ("submitted as ID").
+    ``wait`` True (LocalExecutor, no dependencies): a run is submitted once its prerequisites'
+    results are in, skipped if one failed, and every result is awaited, as ``run_all`` reports
+    them; ``on_finished(job)`` runs after each that succeeded.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    outcome = {j.name: "finished earlier" for j in jobs if j.name in done}
+    env = run_env(threads)
+    handles, started, by_name = {}, {}, {j.name: j for j in jobs}
+
+    def settle(name: str) -> None:
+        if name not in handles or not outcome[name].startswith("submitted"):
+            return
+        try:
+            handles[name].result()
+        except Exception as e:  # noqa: BLE001  (submitit's FailedJobError carries the job's traceback)
+            # run_job's one line ("NAME: exit RC, see LOG") is the traceback's last line naming the run
+            lines = [ln for ln in str(e).splitlines() if ln.strip()] or ["?"]
+            line = next((ln for ln in reversed(lines) if f"{name}: exit" in ln), lines[0])
+            outcome[name] = f"failed ({line.split(f'{name}: ', 1)[-1]})"
+        else:
+            outcome[name] = f"finished in {time.perf_counter() - started[name]:.0f} s"
+            if on_finished is not None:
+                on_finished(by_name[name])
+        print(f"[benchmark] {name}: {outcome[name]}", flush=True)
+
+    for job, after in to_run(jobs, done):
+        ids = []
+        if wait:
+            for a in after:
+                settle(a)
+            failed = [a for a in after if not outcome[a].startswith("finished")]
+            if failed:
+                outcome[job.name] = "skipped: " + ", ".join(failed) + " failed"
+                print(f"[benchmark] {job.name}: {outcome[job.name]}", flush=True)
+                continue
+        else:
+            ids = [handles[a].job_id for a in after]
+        executor.update_parameters(**parameters(job, ids))
+        log = str((logs / f"{job.name}.log").resolve())
+        handles[job.name] = executor.submit(run_job, job.name, command(job, shared, bin_dir), log, env)
+        started[job.name] = time.perf_counter()
+        outcome[job.name] = f"submitted as {handles[job.name].job_id}"
+        print(f"[benchmark] {job.name}: {outcome[job.name]}" + (f" ({afterok(ids)})" if ids else ""), flush=True)
+    if wait:
+        for name in list(handles):
+            settle(name)
     return outcome
 
 
@@ -419,6 +560,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (repeatable), e.g. --set device=cuda")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, what is finished and an estimated time")
+    ap.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                    help="local: subprocesses here (--jobs at a time); slurm: one SLURM job per run through submitit, "
+                         "dependent runs afterok their prerequisites; local-submitit: submitit's local executor")
+    ap.add_argument("--slurm-partition", default=None, help="SLURM partition (default: the cluster's)")
+    ap.add_argument("--slurm-time", type=int, default=240, help="minutes per run (the time limit of each job)")
+    ap.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per run (and its torch threads without --threads)")
+    ap.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run (add --set device=cuda)")
+    ap.add_argument("--slurm-mem", default=None, help="memory per run, e.g. 16G (default: the cluster's)")
+    ap.add_argument("--submitit-folder", default=None,
+                    help="submitit's pickles and job output (default <out>/<experiment>/submitit/%%j; on the shared "
+                         "file system for slurm)")
     return ap.parse_args(argv)
 
 
@@ -439,12 +591,19 @@ def resolve_shifts(names, matrix: str = "default") -> list[str] | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.launcher != "local" and not args.dry_run:
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            print(SUBMITIT_MISSING.format(args.launcher), file=sys.stderr)
+            return 2
     args.preset = args.preset or ("benchmark" if args.matrix == "full" else "demo")
     shifts = resolve_shifts(args.shifts, args.matrix)
     data = args.data or (f"data/{args.preset}" if shifts is None else f"data/{args.preset}-shifts")
     # not make demo's experiment (toy-demo): compare would mix its runs with the benchmark's
     experiment = args.experiment or (f"toy-{args.preset}" if shifts is None else f"toy-{args.preset}-shifts")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    threads = args.threads or (args.slurm_cpus if args.launcher == "slurm" else
+                               max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
     runs = Path(args.out)
     if args.methods is not None and (args.matrix != "labels" or shifts is None):
         methods = list(args.methods)
@@ -468,6 +627,14 @@ def main(argv=None) -> int:
         return 0
     bin_dir = Path(args.bin)
     t0 = time.perf_counter()
+    executor, folder = None, Path(args.submitit_folder or runs / experiment / "submitit" / "%j")
+    if args.launcher != "local" and any(j.name not in done for j in jobs):
+        try:  # before generating data: a machine without SLURM fails at once
+            executor = make_executor(args.launcher, folder)
+        except RuntimeError as e:  # SlurmExecutor: no srun here
+            print(f"[benchmark] --launcher {args.launcher}: {e}", file=sys.stderr)
+            return 2
+    # on the submitting machine, before any job: every job finds its data on the shared file system
     ensure_data(shifts, data, args.preset, args.data_seed, bin_dir)
     user = [a for kv in args.sets for a in ("--set", kv)]
     common = ["--set", f"experiment={experiment}", "--tracking-uri", args.tracking_uri]
@@ -477,8 +644,26 @@ def main(argv=None) -> int:
                  + (["--set", f"data.root={data}"] if shifts is None else []) + user,
         "evaluate": common + user,
     }
-    outcome = run_all(jobs, shared, done, args.jobs, threads, runs / experiment / "logs", bin_dir,
-                      on_finished=lambda job: tag_runs([job], experiment, args.tracking_uri))
+    logs, tag = runs / experiment / "logs", (lambda job: tag_runs([job], experiment, args.tracking_uri))
+    if args.launcher == "local":
+        outcome = run_all(jobs, shared, done, args.jobs, threads, logs, bin_dir, on_finished=tag)
+    elif executor is not None:
+        if args.launcher == "slurm":
+            params = lambda job, ids: slurm_parameters(  # noqa: E731
+                job.name, ids, args.slurm_partition, args.slurm_time, args.slurm_cpus, args.slurm_gpus, args.slurm_mem)
+        else:
+            params = lambda job, ids: {"timeout_min": args.slurm_time}  # noqa: E731
+        outcome = submit_all(jobs, shared, done, threads, logs, bin_dir, executor, params,
+                             wait=args.launcher != "slurm", on_finished=tag)
+        if args.launcher == "slurm":
+            tag_runs(jobs, experiment, args.tracking_uri)  # runs that finished since the last submission
+            n = sum(o.startswith("submitted") for o in outcome.values())
+            print(f"\n[benchmark] {n} of {len(jobs)} runs submitted to SLURM (submitit folder {folder}, logs in "
+                  f"{logs}); once they are done, run this command again: it submits nothing, tags the runs and "
+                  f"compares them")
+            return 0
+    else:
+        outcome = {j.name: "finished earlier" for j in jobs}
     tag_runs(jobs, experiment, args.tracking_uri)
     failed = [n for n, o in outcome.items() if not o.startswith("finished")]
     print(f"\n[benchmark] {len(jobs) - len(failed)} of {len(jobs)} runs finished; "

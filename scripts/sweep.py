@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -82,6 +83,19 @@ def command_for(args, point: dict, name: str) -> list[str]:
     return cmd
 
 
+def run_point(name: str, point: dict, cmd: list[str], logs: Path | None) -> bool:
+    """Run one grid point; with ``logs`` (parallel points) its output goes to ``<logs>/<name>.log``."""
+    print(f"running {name}: {point}" + (f" (log: {logs / (name + '.log')})" if logs else ""), flush=True)
+    if logs is None:
+        ok = subprocess.run(cmd).returncode == 0
+    else:
+        with open(logs / f"{name}.log", "w") as log:
+            ok = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode == 0
+    print(f"{name} {'finished' if ok else 'failed; the sweep continues without it'}", flush=True,
+          file=sys.stdout if ok else sys.stderr)
+    return ok
+
+
 def chosen_yaml(base: Path, point: dict, selection: str, header: str) -> str:
     """The base YAML with the chosen values set and ``settings: target_val``."""
     tree = yaml.safe_load(base.read_text()) or {}
@@ -116,7 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tracking-uri", default="sqlite:///mlruns.db")
     ap.add_argument("--selection", default="last", choices=["last", "target_val"],
                     help="the checkpoint each point reports (target_val: its best epoch on target val)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of each point")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="points run at once (each with --threads; on 2 cores, --jobs 2 --threads 1 is faster)")
     ap.add_argument("--out", default=None, help="folder for sweep.md / sweep.json (default runs/<experiment>/sweep)")
     ap.add_argument("--write", default=None, help="write the chosen point as this YAML")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -127,16 +143,21 @@ def main(argv=None) -> int:
     prefix = args.name or args.experiment
     plan = [(f"{prefix}_p{i}", p) for i, p in enumerate(points(grid))]
     done = {} if args.dry_run else finished_runs(args.tracking_uri, args.experiment)
+    out = Path(args.out or Path("runs") / args.experiment / "sweep")
+    todo = []
     for name, point in plan:
         cmd = command_for(args, point, name)
         if args.dry_run or name in done:
             print(("finished: " if name in done else "") + " ".join(cmd))
-            continue
-        print(f"running {name}: {point}", flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            print(f"{name} failed; the sweep continues without it", file=sys.stderr)
+        else:
+            todo.append((name, point, cmd))
     if args.dry_run:
         return 0
+    if todo:
+        out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        for _ in pool.map(lambda item: run_point(*item, out if args.jobs > 1 else None), todo):
+            pass
     done = finished_runs(args.tracking_uri, args.experiment)
     rows = [(name, point, score_of(done[name]) if name in done else None) for name, point in plan]
     scored = [r for r in rows if r[2] is not None]
@@ -145,7 +166,6 @@ def main(argv=None) -> int:
         return 1
     best_name, best_point, best_score = max(scored, key=lambda r: r[2])
     text = table(rows, best_name)
-    out = Path(args.out or Path("runs") / args.experiment / "sweep")
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.md").write_text(text)
     (out / "sweep.json").write_text(json.dumps({"score": SCORE, "chosen": best_name, "points": [

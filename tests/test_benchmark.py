@@ -1,8 +1,10 @@
 """scripts/benchmark.py (``make benchmark``): the plan, resuming from MLflow, failures that stop dependents."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -223,3 +225,128 @@ def test_labels_matrix_crosses_methods_with_labelled_fractions(bench, tmp_path, 
     out = capsys.readouterr().out
     assert rc == 0 and "ccssl_l10_hg_pose_s2" in out and f"{3 * per_seed} of {3 * per_seed} runs to do" in out
     assert "estimated" in out
+
+
+# ------------------------------------------------------------------------- cluster launchers
+
+# stands in for da-pose in the launcher tests: logs its argv, records when it ran, fails when asked
+FAKE_DA_POSE = '''#!{python}
+import json, os, sys, time
+from pathlib import Path
+
+argv = sys.argv[1:]
+if argv[:1] == ["compare"]:
+    sys.exit(0)
+name = next(a[len("name="):] for a in argv if a.startswith("name="))
+start = time.time()
+print("fake da-pose", *argv, flush=True)
+time.sleep(0.5)
+marks = {{"start": start, "end": time.time(), "threads": os.environ.get("DA_POSE_THREADS")}}
+(Path(os.environ["BENCH_MARKS"]) / f"{{name}}.json").write_text(json.dumps(marks))
+sys.exit(3 if name in os.environ.get("BENCH_FAIL", "").split(",") else 0)
+'''
+
+
+def test_to_run_orders_by_dependency_and_drops_finished_prerequisites(bench):
+    jobs = bench.plan([0, 1], ["source_only", "oracle", "ccssl", "ccssl_r"], Path("runs"), "exp")
+    order = bench.to_run(list(reversed(jobs)), {"pretrain_hg_s1", "ccssl_hg_s1"})
+    names = [j.name for j, _ in order]
+    assert sorted(names) == sorted(j.name for j in jobs if j.name not in ("pretrain_hg_s1", "ccssl_hg_s1"))
+    assert all(names.index(a) < names.index(j.name) for j, after in order for a in after)
+    after = {j.name: a for j, a in order}
+    assert after["oracle_hg_s0"] == ["pretrain_hg_s0"] and after["oracle_hg_s1"] == [] and after["ccssl_r_hg_s1"] == []
+    assert bench.to_run(jobs, set()) == [(j, j.after) for j in jobs]  # the plan's own order where it allows
+    with pytest.raises(ValueError, match="unknown prerequisite"):
+        bench.to_run([bench.Job("a", ["x"], ["nowhere"])], set())
+
+
+def test_slurm_submission_sets_afterok_dependencies_and_does_not_wait(bench, tmp_path):
+    """The slurm path's parameters and dependencies, through the real submission code, without sbatch."""
+    class Executor:  # records what SlurmExecutor would be given; result() must never be called
+        def __init__(self):
+            self.parameters, self.submitted = {}, []
+
+        def update_parameters(self, **kwargs):
+            self.parameters.update(kwargs)
+
+        def submit(self, fn, *args):
+            self.submitted.append((dict(self.parameters), fn, args))
+            return SimpleNamespace(job_id=str(100 + len(self.submitted)), result=lambda: pytest.fail("waited"))
+
+    jobs = bench.plan([0, 1], ["source_only", "oracle", "ccssl", "ccssl_r"], Path("runs"), "exp")
+    shared = {"train": ["--set", "experiment=exp"], "evaluate": []}
+    ex, logs = Executor(), tmp_path / "logs"
+    outcome = bench.submit_all(
+        jobs, shared, {"pretrain_hg_s1"}, 8, logs, Path("/venv/bin"), ex,
+        lambda job, ids: bench.slurm_parameters(job.name, ids, "gpu", 60, 8, 1, "32G"), wait=False)
+    params = {p["job_name"]: p for p, _, _ in ex.submitted}
+    ids = {name: o.split()[-1] for name, o in outcome.items() if o.startswith("submitted as")}
+    assert outcome["pretrain_hg_s1"] == "finished earlier" and "pretrain_hg_s1" not in params
+    assert len(ex.submitted) == len(jobs) - 1
+    assert params["pretrain_hg_s0"]["dependency"] is None
+    assert params["oracle_hg_s0"]["dependency"] == f"afterok:{ids['pretrain_hg_s0']}"
+    assert params["oracle_hg_s1"]["dependency"] is None  # its pretraining is FINISHED: nothing to wait for
+    assert params["ccssl_r_hg_s1"]["dependency"] == f"afterok:{ids['ccssl_hg_s1']}"
+    assert params["ccssl_r_hg_s0"]["additional_parameters"] == {"kill-on-invalid-dep": "yes"}
+    assert params["oracle_hg_s1"]["additional_parameters"] == {}
+    _, fn, (name, argv, log, env) = next(s for s in ex.submitted if s[0]["job_name"] == "oracle_hg_s0")
+    assert fn is bench.run_job and name == "oracle_hg_s0"
+    job = next(j for j in jobs if j.name == "oracle_hg_s0")
+    assert argv == ["/venv/bin/da-pose", *job.argv, "--set", "experiment=exp"]
+    assert log == str((logs / "oracle_hg_s0.log").resolve())
+    assert env == {"DA_POSE_THREADS": "8", "OMP_NUM_THREADS": "8"}
+    assert bench.afterok(["123", "456"]) == "afterok:123:456" and bench.afterok([]) is None
+    # the parameters are SlurmExecutor's names: submitit writes them into the sbatch file
+    slurm = pytest.importorskip("submitit.slurm.slurm")
+    text = slurm._make_sbatch_string(command="true", folder=tmp_path,
+                                     **bench.slurm_parameters("oracle_hg_s0", ["123", "456"], "gpu", 60, 8, 1, "32G"))
+    for line in ("--dependency=afterok:123:456", "--kill-on-invalid-dep=yes", "--job-name=oracle_hg_s0",
+                 "--partition=gpu", "--time=60", "--cpus-per-task=8", "--gpus-per-node=1", "--mem=32G"):
+        assert f"#SBATCH {line}\n" in text
+    text = slurm._make_sbatch_string(command="true", folder=tmp_path, **bench.slurm_parameters("p", []))
+    assert "--dependency" not in text and "--gpus-per-node" not in text and "--partition" not in text
+
+
+def test_slurm_launcher_without_submitit_says_how_to_install_it(bench, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    assert bench.main(["--launcher", "slurm", "--shifts", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs submitit: pip install -e '.[cluster]'" in err
+
+
+@pytest.mark.slow
+def test_local_submitit_launcher_waits_for_prerequisites_and_skips_finished_runs(
+        bench, tmp_path, mlflow_template, monkeypatch, capsys):
+    """The real plan, skip logic and submission code on submitit's LocalExecutor; da-pose is a stand-in."""
+    pytest.importorskip("submitit")
+    uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"), run_name="pretrain_hg_s1")
+    client.set_terminated(run.info.run_id)  # FINISHED: the benchmark must not submit it again
+    data, bin_dir, marks = tmp_path / "data", tmp_path / "bin", tmp_path / "marks"
+    for d in (data, bin_dir, marks):
+        d.mkdir()
+    (data / "manifest.json").write_text("{}")  # nothing to generate
+    exe = bin_dir / "da-pose"
+    exe.write_text(FAKE_DA_POSE.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("BENCH_MARKS", str(marks))
+    monkeypatch.setenv("BENCH_FAIL", "pretrain_hg_s2")
+    rc = bench.main(["--launcher", "local-submitit", "--data", str(data), "--experiment", "e", "--seeds", "0", "1", "2",
+                     "--shifts", "none", "--methods", "source_only", "oracle", "--tracking-uri", uri,
+                     "--out", str(tmp_path / "runs"), "--bin", str(bin_dir), "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    ran = {p.stem: json.loads(p.read_text()) for p in marks.glob("*.json")}
+    assert sorted(ran) == ["oracle_hg_s0", "oracle_hg_s1", "pretrain_hg_s0", "pretrain_hg_s2"]
+    assert out.count("submitted as") == 4 and "pretrain_hg_s1: submitted" not in out
+    assert ran["oracle_hg_s0"]["start"] >= ran["pretrain_hg_s0"]["end"]  # started after its prerequisite
+    assert ran["oracle_hg_s0"]["threads"] == "1"
+    assert "pretrain_hg_s2: failed (exit 3, see " in out and "oracle_hg_s2: skipped: pretrain_hg_s2 failed" in out
+    assert "oracle_hg_s0: finished in" in out and "4 of 6 runs finished" in out
+    assert "oracle_hg_s2 (skipped: pretrain_hg_s2 failed)" in err
+    logs = tmp_path / "runs" / "e" / "logs"  # where the local runner writes them
+    assert sorted(p.stem for p in logs.glob("*.log")) == sorted(ran)
+    log = (logs / "oracle_hg_s0.log").read_text()
+    assert "fake da-pose finetune" in log and "init=" in log and "experiment=e" in log
+    assert (tmp_path / "runs" / "e" / "submitit").is_dir()

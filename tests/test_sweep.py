@@ -37,7 +37,7 @@ def test_sweep_runs_points_chooses_on_target_val_and_resumes(tiny_benchmark, tmp
     sets = [s for s in tiny_overrides(tiny_benchmark, tmp_path) if not s.startswith(("name=", "experiment=",
                                                                                      "tracking_uri="))]
     argv = [str(base), "--command", "pretrain", "--grid", "train.lr=0.0001,0.003", "--experiment", "sw",
-            "--tracking-uri", uri, "--threads", "1", "--out", str(tmp_path / "out"),
+            "--tracking-uri", uri, "--threads", "1", "--jobs", "2", "--out", str(tmp_path / "out"),
             "--write", str(tmp_path / "chosen.yaml")] + [x for s in sets for x in ("--set", s)]
     assert sweep.main(argv) == 0
     client = MlflowClient(uri)
@@ -50,6 +50,8 @@ def test_sweep_runs_points_chooses_on_target_val_and_resumes(tiny_benchmark, tmp
     assert chosen["train"]["lr"] == {"sw_p0": 0.0001, "sw_p1": 0.003}[best] and chosen["train"]["epochs"] == 1
     text = (tmp_path / "out" / "sweep.md").read_text()
     assert f"{best} (chosen)" in text and "target_test" not in text
+    # the two points ran side by side, each with its own log
+    assert all((tmp_path / "out" / f"sw_p{i}.log").stat().st_size > 0 for i in (0, 1))
     # a second call finds every point FINISHED and runs nothing
     capsys.readouterr()
     assert sweep.main(argv) == 0
