@@ -76,7 +76,8 @@ BACKBONES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "hourglass": ("hg", [], [], []),
     "resnet18": ("r18", ["model.backbone=resnet18", "model.deconv_layers=3", "model.deconv_filters=128"],
                  ["train.lr=0.001"],  # experiments/toy/pretrain_resnet.yaml
-                 # the diagnosis in docs/results.md: a lower restart rate and a short curriculum
+                 # for methods without a <method>_r18.yaml: the diagnosis in docs/results.md (a lower
+                 # restart rate and a short curriculum)
                  ["train.lr=0.0002", "ccssl.keep_schedule=[0.2,0.2,0.2,0.2]"]),
 }
 # trained on the source alone: once per seed (on the home shift's folder), evaluated on every other shift
@@ -119,8 +120,19 @@ def _seed_table(s: int, runs: Path, experiment: str, backbone: str, shift: str |
                     [ccssl]),
     }
     for method in ADAPTATION:  # every registered method: adapt NAME experiments/toy/NAME_hg.yaml
-        table[method] = (name(method), f"adapt {method}", f"{method}_hg", [f"init={init}", *adapt_sets], [pre])
+        config, sets = backbone_config(method, backbone, adapt_sets)
+        table[method] = (name(method), f"adapt {method}", config, [f"init={init}", *sets], [pre])
     return table
+
+
+def backbone_config(method: str, backbone: str, fallback_sets: list[str]) -> tuple[str, list[str]]:
+    """The config of an adaptation method on ``backbone``: ``<method>_<bb>.yaml`` where one exists
+    (settings of its own, e.g. chosen by scripts/sweep.py on target val), else the hourglass's
+    ``<method>_hg.yaml`` with the backbone's fallback --set."""
+    own = f"{method}_{BACKBONES[backbone][0]}"
+    if (ROOT / TOY / f"{own}.yaml").is_file():
+        return own, []
+    return f"{method}_hg", list(fallback_sets)
 
 
 def _evaluate_job(name: str, trained: str, runs: Path, experiment: str, root: str, seed: int, shift: str) -> Job:

@@ -31,13 +31,17 @@ SCORE = "target_val/pck@0.05_crop/mean"
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
-    """``["train.lr=1e-4,1e-3", ...]`` -> ``{"train.lr": [0.0001, 0.001]}`` (values read as YAML)."""
+    """``["train.lr=1e-4,1e-3", ...]`` -> ``{"train.lr": [0.0001, 0.001]}`` (values read as YAML).
+
+    Values holding commas (lists) are separated by ``;`` instead:
+    ``ccssl.keep_schedule=[0.2,0.2];[0.2,0.4]``.
+    """
     grid = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. train.lr=1e-4,1e-3)")
-        grid[key.strip()] = [_value(v) for v in values.split(",")]
+        grid[key.strip()] = [_value(v) for v in values.split(";" if ";" in values else ",")]
     return grid
 
 
@@ -123,7 +127,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", help="the base YAML")
     ap.add_argument("--command", required=True, help='the da-pose command: "pretrain", "finetune", "adapt ccssl", ...')
-    ap.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
+    ap.add_argument("--grid", action="append", default=[],
+                    help="KEY=V1,V2,... (repeatable; separate list values with ';': KEY=[1,2];[3,4])")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every point (repeatable)")
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--name", default=None, help="run-name prefix (default: the experiment)")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from da_pose.config import Config, flatten, load_config, to_dict
@@ -71,3 +73,14 @@ def test_flatten_round_trip(tmp_path):
 
     p = write(tmp_path, yaml.safe_dump(to_dict(cfg)))
     assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_loads(path):
+    """Each YAML under experiments/ passes the strict loader, and its method is a registered one."""
+    from da_pose.adapt import METHODS
+    from da_pose.config import BASELINES
+
+    cfg = load_config(path)
+    assert cfg.method in METHODS or cfg.method in BASELINES, cfg.method

@@ -26,6 +26,13 @@ def test_grid_parsing_and_points():
     assert sweep.points(grid)[1] == {"train.lr": 1e-4, "ccssl.gamma": 10} and len(sweep.points(grid)) == 4
     with pytest.raises(SystemExit, match="expected KEY=V1,V2"):
         sweep.parse_grid(["train.lr"])
+    lists = sweep.parse_grid(["ccssl.keep_schedule=[0.2,0.2];[0.2,0.4]"])
+    assert lists == {"ccssl.keep_schedule": [[0.2, 0.2], [0.2, 0.4]]}
+    # a list value reaches the run as one --set item that the config reads back as a list
+    args = type("A", (), {"threads": 1, "command": "adapt ccssl", "config": "c.yaml", "tracking_uri": "u",
+                          "set": [], "experiment": "e", "selection": "last"})()
+    cmd = sweep.command_for(args, sweep.points(lists)[1], "e_p1")
+    assert "ccssl.keep_schedule=[0.2, 0.4]" in cmd
 
 
 @pytest.mark.slow
