@@ -86,9 +86,13 @@ COMMAND_ROLES = {"pretrain": ("source", "target"), "finetune": ("target",)}
 
 
 def final_checkpoint(cfg: Config, run_dir: Path) -> Path | None:
-    """The checkpoint a run reports (``TargetTest.restore_selected``'s choice): ``best.pt`` when
-    it selects on a val split, else ``last.pt``; None when there is none."""
-    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    """The checkpoint a run reports: ``reported.pt`` when an adaptation run reports another
+    network than its student (an EMA teacher, ``adapt.method.write_reported``), else
+    ``TargetTest.restore_selected``'s choice: ``best.pt`` when it selects on a val split, else
+    ``last.pt``; None when there is none."""
+    reported, best, last = run_dir / "reported.pt", run_dir / "best.pt", run_dir / "last.pt"
+    if reported.is_file():
+        return reported
     if cfg.train.selection != "last" and best.is_file():
         return best
     return last if last.is_file() else None

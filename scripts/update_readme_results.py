@@ -17,6 +17,7 @@ from pathlib import Path
 import tempfile
 
 from da_pose.eval.compare import compare_markdown, fetch_per_image, paired_interval, summarize_experiment
+from da_pose.adapt.study import shift_summary
 from da_pose.eval.labels_curve import write_labels
 
 REPRODUCE = {
@@ -32,6 +33,10 @@ REPRODUCE = {
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels` (the plot: its `runs/toy-demo-shifts/"
               "compare/compare_labels.png`), then `python scripts/update_readme_results.py --experiment "
               "toy-demo-shifts --block labels --by labels`.",
+    "study": "Reproduce: for each shift S in pose, context, all: `da-pose --threads 1 study pseudo-labels "
+             "--checkpoint runs/toy-demo-shifts/pretrain_hg_s0/last.pt --data \"data/demo-shifts/S#target\" --unit "
+             "video --out runs/study/S` (the source model and data of `make benchmark`), then `python "
+             "scripts/update_readme_results.py --experiment pseudo-label-study --block study --by study`.",
     "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "
             "`python scripts/update_readme_results.py --experiment toy-demo --block demo`.",
     "benchmark": "Reproduce: `make benchmark`, then "
@@ -44,8 +49,35 @@ REPRODUCE = {
 }
 
 
+def render_study(experiment: str, tracking_uri: str) -> str:
+    """The pseudo-label study runs of ``experiment`` (``da-pose study pseudo-labels``), one row
+    group per shift tag (the newest FINISHED run of each), as one table."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"no experiment '{experiment}' at {tracking_uri}")
+    newest = {}
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000):
+        newest.setdefault(run.data.tags.get("shift", run.data.tags.get("data", "?")), run)
+    if not newest:
+        raise SystemExit(f"experiment '{experiment}' has no finished study run")
+    runs = [(label, newest[label].data.metrics) for label in sorted(newest)]
+    first = next(iter(newest.values())).data
+    header = (f"Kept-label accuracy of one source model's pseudo-labels on target train (PCK@0.05 crop, %) "
+              f"under each labeller variant, paired against the identity labeller at matched kept fractions; "
+              f"MLflow experiment `{experiment}`; 95 % intervals over {first.params.get('study.unit', '?')}s "
+              f"({first.params.get('study.draws', '?')} draws); * = the interval excludes zero. Checkpoint: "
+              f"`{first.tags.get('checkpoint', '?')}`.\n\n")
+    return header + shift_summary(runs)
+
+
 def render(experiment: str, tracking_uri: str, block: str, reference: str = "plain_pl", by: str | None = None,
            unit: str = "video") -> str:
+    if by == "study":
+        return render_study(experiment, tracking_uri) + "\n" + REPRODUCE.get(block, "") + "\n"
     with tempfile.TemporaryDirectory() as cache:
         rows, other = summarize_experiment(experiment, tracking_uri, Path(cache), reference=reference, unit=unit)
         text = compare_markdown(experiment, rows, other, reference, by, unit)
@@ -71,8 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--block", default="demo")
     ap.add_argument("--check", action="store_true", help="exit 1 when the README block differs")
     ap.add_argument("--reference", default="plain_pl", help="the method every other is paired against")
-    ap.add_argument("--by", choices=["shift", "labels"], default=None,
-                    help="shift: one table per shift and a gap summary; labels: PCK against the labelled fraction")
+    ap.add_argument("--by", choices=["shift", "labels", "study"], default=None,
+                    help="shift: one table per shift and a gap summary; labels: PCK against the labelled fraction; "
+                         "study: the pseudo-label study runs of the experiment, one per shift")
     ap.add_argument("--unit", choices=["video", "image"], default="video", help="what the bootstrap resamples")
     args = ap.parse_args(argv)
     path = Path(args.readme)

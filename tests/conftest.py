@@ -50,6 +50,20 @@ def mlflow_template(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_source(tiny_benchmark, tmp_path_factory, mlflow_template) -> Path:
+    """A one-epoch source-only hourglass (``tiny_overrides``) on the tiny benchmark, trained once per
+    session: the checkpoint every adaptation test starts from (they read it, never write it)."""
+    from da_pose import jobs
+    from da_pose.config import load_config
+
+    tmp = tmp_path_factory.mktemp("tiny_source")
+    store = fresh_store(mlflow_template, tmp / "mlruns.db")
+    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, "src", uri=store) + ["train.epochs=1"])
+    jobs.run_pretrain(cfg)
+    return Path(cfg.out_dir) / "tests" / "src" / "last.pt"
+
+
 def fresh_store(template: Path, path: Path) -> str:
     """A new store at ``path`` copied from ``mlflow_template``; returns its URI."""
     shutil.copyfile(template, path)

@@ -205,3 +205,11 @@ def test_video_bootstrap_resamples_whole_videos(paired_store):
     image = {r["method"]: r for r in jobs.summarize_experiment("paired", uri, d / "cache", draws=300,
                                                                 unit="image")[0]}["plain_pl"]["paired"]["vs_source"]
     assert vs["est"] == pytest.approx(image["est"])  # same point estimate, another interval
+
+
+def test_selection_column_names_a_reported_teacher():
+    from da_pose.eval.compare import selection_label
+
+    assert selection_label({}) == "last"  # runs from before the tag: their student
+    assert selection_label({"selection": "target_val", "reported_network": "student"}) == "target_val"
+    assert selection_label({"selection": "last", "reported_network": "teacher"}) == "last, teacher"

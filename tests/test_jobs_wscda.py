@@ -6,7 +6,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from da_pose import checkpoint, jobs
+from da_pose import checkpoint
 from da_pose.adapt import run_adaptation
 from da_pose.config import load_config
 from da_pose.tracking import mlflow_key
@@ -22,11 +22,8 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_benchmark, tmp_path_factory, store):
-    tmp = tmp_path_factory.mktemp("wscda_pre")
-    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, "src", uri=store) + ["train.epochs=1"])
-    jobs.run_pretrain(cfg)
-    return Path(cfg.out_dir) / "tests" / "src" / "last.pt"
+def pretrained(tiny_source):
+    return tiny_source
 
 
 def wscda_overrides(root, tmp_path, store, name, init, *extra):

@@ -26,8 +26,9 @@ BatchNorm: only parameters are averaged; the teacher runs in train mode, so its 
 uses the statistics of its own batch and its running buffers follow its own forwards (as both
 published codes do). The teacher is a state module: saved and resumed with the student.
 
-The run reports the student (the framework evaluates ``job.model``); UniFrame evaluates the
-teacher. The label accuracy of kept teacher joints is a diagnostic callback that alone reads the
+The run evaluates, selects and reports the teacher (``report: teacher``, as UniFrame,
+UDA-Animal and ScarceNet evaluate theirs; ``student`` reports the student), through the method
+interface's ``reported`` hook (:func:`reported_teacher`). The label accuracy of kept teacher joints is a diagnostic callback that alone reads the
 target train labels (``pseudo/acc_kept``, ``pseudo/acc_rejected``), never training or selection.
 """
 
@@ -77,8 +78,10 @@ class MeanTeacherConfig:
     base_aug: bool = False  # views of the augmented target crop (False: the plain crop, UniFrame)
     steps_per_epoch: int = 0  # 0 = one pass over the larger of source and target
     diagnostics: bool = True  # log the label accuracy of kept teacher joints (target train labels)
+    report: str = "teacher"  # the network evaluated and reported: teacher (published) | student
 
     def check(self) -> None:
+        check_report("mean_teacher", self.report)
         if self.filter not in FILTERS:
             raise ConfigError(f"mean_teacher.filter: unknown value '{self.filter}'; valid: {', '.join(FILTERS)}")
         if not 0.0 <= self.alpha < 1.0:
@@ -91,6 +94,21 @@ class MeanTeacherConfig:
         for key in ("weight", "rotate", "shear", "translate", "appearance_prob", "steps_per_epoch"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"mean_teacher.{key} must be >= 0, got {getattr(self, key)}")
+
+
+REPORTS = ("teacher", "student")
+
+
+def check_report(section: str, value: str) -> None:
+    if value not in REPORTS:
+        raise ConfigError(f"{section}.report: unknown value '{value}'; valid: {', '.join(REPORTS)}")
+
+
+def reported_teacher(job) -> str | None:
+    """The method interface's ``reported`` hook of the mean-teacher family: the EMA teacher when
+    the section's ``report`` is ``teacher`` and the run has one (UDA-Animal without its mean
+    teacher has none), else None (the student)."""
+    return "teacher" if job.section.report == "teacher" and "teacher" in job.state_modules else None
 
 
 # ---------------------------------------------------------------------------------- the teacher
@@ -353,4 +371,4 @@ def _tags(job: AdaptJob) -> dict:
 MEAN_TEACHER = register(Method(
     "mean_teacher", "mean teacher (EMA teacher, weak/strong views, confidence filter)", section="mean_teacher",
     config=MeanTeacherConfig, needs=("source", "target"), setup=_setup, on_build=_on_build, plan_round=_plan_round,
-    callbacks=_callbacks, tags=_tags))
+    callbacks=_callbacks, tags=_tags, reported=reported_teacher))

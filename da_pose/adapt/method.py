@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from da_pose import checkpoint
 from da_pose import config as config_mod
 from da_pose.adapt import semi
 from da_pose.config import Config
@@ -91,6 +92,11 @@ class Method:
             without its three consistency terms).
         check: ``check(cfg)`` raises ConfigError for settings the method cannot run with.
         tags: ``tags(job) -> {name: value}`` extra MLflow tags.
+        reported: ``reported(job) -> name | None``: a state module of the student's architecture
+            (e.g. ``"teacher"``, an :class:`~da_pose.adapt.mean_teacher.EMATeacher`) that is
+            evaluated at epoch ends, selected and reported instead of the student; None (or no
+            hook) reports the student. Its weights are written as the run's ``reported.pt``,
+            which ``evaluate``, ``predict`` and the logged MLflow model then read.
     """
 
     name: str
@@ -108,6 +114,7 @@ class Method:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] | None = None
     tags: Callable[["AdaptJob"], dict] | None = None
+    reported: Callable[["AdaptJob"], str | None] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -262,8 +269,13 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
         job.model, job.trainer = build(cfg, ctx, extra_modules=job.modules, state_modules=job.state_modules)
         if method.on_build is not None:
             method.on_build(job)
+        reported = method.reported(job) if method.reported else None
+        net = reported_network(job, reported)
         ctx.tracker.set_tags({"selection": cfg.train.selection, "settings": cfg.settings,
-                              **(method.tags(job) if method.tags else {})})
+                              "reported_network": reported or "student", **(method.tags(job) if method.tags else {})})
+        evaluate = job.test.evaluator(job.state.get("criteria"))
+        if reported:  # the epoch-end evaluation (and target_val selection) looks at that network
+            evaluate = partial(_evaluate_other, evaluate, net)
         callbacks = list(method.callbacks(job)) if method.callbacks else []
         plan_round = method.plan_round or default_plan
         trainer, start = job.trainer, 0
@@ -273,12 +285,47 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
             if trainer.epoch < end:
                 plan = semi.supervised_plan(job, plan_round(job, r))  # + the labelled target term
                 trainer.round = r
-                trainer.fit(plan.step, plan.batches, end, evaluate=job.test.evaluator(job.state.get("criteria")),
-                            select=job.test.select_key(),
+                trainer.fit(plan.step, plan.batches, end, evaluate=evaluate, select=job.test.select_key(),
                             desc=plan.desc, callbacks=callbacks + list(plan.callbacks))
             start = end
         if not ctx.is_main:
             return {}
         selection = job.test.restore_selected(job.model, trainer)
-        title = f"{cfg.name}: target test after {method.summary} (checkpoint: {selection})"
-        return job.test.report(job.model, trainer.step, title)
+        write_reported(job, reported, selection)
+        who = f", {reported}" if reported else ""
+        title = f"{cfg.name}: target test after {method.summary} (checkpoint: {selection}{who})"
+        return job.test.report(net, trainer.step, title)
+
+
+def reported_network(job: AdaptJob, name: str | None) -> nn.Module:
+    """The network a run evaluates and reports: the student, or the state module ``name`` (the
+    module it wraps when it has one, e.g. the EMA teacher's ``model``)."""
+    if not name:
+        return job.model
+    if name not in job.state_modules:
+        raise ConfigError(f"adapt {job.method.name}: reports '{name}', which this run does not have")
+    module = job.state_modules[name]
+    return getattr(module, "model", module)
+
+
+def _evaluate_other(evaluate: Callable, net: nn.Module, _student: nn.Module) -> dict:
+    return evaluate(net)
+
+
+def write_reported(job: AdaptJob, name: str | None, selection: str) -> None:
+    """``reported.pt``: the reported state module's network as a model checkpoint (taken from
+    ``best.pt`` when the run selects on a val split), so that the run's final checkpoint is the
+    network its metrics describe. A student-reporting run has none (a stale one is removed)."""
+    path = job.trainer.run_dir / "reported.pt"
+    if not name:
+        path.unlink(missing_ok=True)
+        return
+    trainer = job.trainer
+    when = {"step": trainer.step, "epoch": trainer.epoch}
+    if selection != "last":  # restore_selected loaded the student of best.pt; the module too
+        best = checkpoint.load(trainer.run_dir / "best.pt")
+        job.state_modules[name].load_state_dict(best["state_modules"][name])
+        when = {"step": best["step"], "epoch": best["epoch"]}
+    net = reported_network(job, name)
+    checkpoint.save(path, {"model": net.state_dict(), "arch": trainer.arch, "config": trainer.config_yaml,
+                           **when, "reported": name, "selection": selection})

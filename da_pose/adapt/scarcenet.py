@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from da_pose.adapt.mean_teacher import EMACallback, EMATeacher
+from da_pose.adapt.mean_teacher import EMACallback, EMATeacher, check_report, reported_teacher
 from da_pose.adapt.method import AdaptJob, Method, RoundPlan, register
 from da_pose.adapt.pseudo_labels import PseudoLabels
 from da_pose.adapt.uda_animal import Clock, consistency_weight, flip_rotate_affines
@@ -108,7 +108,10 @@ class ScarceNetConfig:
     schedule_epochs: float = 150.0  # --epochs: the run's steps map onto this many published epochs
     steps_per_epoch: int = 0  # 0 = one pass over the larger of source and target
 
+    report: str = "teacher"  # the network evaluated and reported: teacher (published) | student
+
     def check(self) -> None:
+        check_report("scarcenet", self.report)
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"scarcenet.labels: unknown value '{self.labels}'; valid: {', '.join(LABEL_MODES)}")
         if not 0.0 < self.keep <= 1.0 or self.label_views < 1:
@@ -423,4 +426,5 @@ def _tags(job: AdaptJob) -> dict:
 SCARCENET = register(Method(
     "scarcenet", "ScarceNet (small-loss selection, agreement re-labelling, mean teacher, RandAugment)",
     section="scarcenet", config=ScarceNetConfig, needs=("source", "target"), setup=_setup, on_build=_on_build,
-    plan_round=_plan_round, callbacks=_callbacks, tags=_tags))
+    plan_round=_plan_round, callbacks=_callbacks, tags=_tags,
+    reported=reported_teacher))

@@ -51,6 +51,7 @@ from da_pose.eval import report
 from da_pose.eval.pck import crop_normalizer, joint_hits
 from da_pose.eval.stats import DRAWS, paired_ratio_difference, ratio_interval
 from da_pose.fileio import write_bytes_atomic
+from da_pose.run import shift_tag
 from da_pose.tracking import MlflowTracker, check_reachable
 
 _OFF = {"equivariance": False, "invariance": False, "flip": False, "temporal": False}
@@ -340,6 +341,38 @@ def metrics_of(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
+def shift_summary(runs: Sequence[tuple[str, dict[str, float]]], rules: Sequence[str] = RULES,
+                  variants: Sequence[str] | None = None) -> str:
+    """One markdown table over several study runs (``(label, metrics)``, e.g. one per shift):
+    identity's kept-label accuracy and each variant's paired difference against it, with its
+    interval, at every kept fraction the runs logged (``metrics_of``'s keys)."""
+    fractions = sorted({float(k.rsplit("_at_", 1)[1]) for _, m in runs for k in m if "/diff_at_" in k})
+    variants = list(variants or [v for v in VARIANTS if v != "identity"])
+    headers = ["shift", "rule", "variant", *(f"{f:g} % kept" for f in fractions)]
+    body = []
+
+    def at(metrics, name, f):
+        return metrics.get(f"{name}_at_{f:g}")
+
+    for label, m in runs:
+        for rule in rules:
+            if at(m, f"study/identity/{rule}/acc", fractions[0]) is None:
+                continue
+            body.append([label, rule, "identity (accuracy)",
+                         *(f"{at(m, f'study/identity/{rule}/acc', f):.1f}" for f in fractions)])
+            for v in variants:
+                base = f"study/{v}/{rule}"
+                if at(m, f"{base}/diff", fractions[0]) is None:
+                    continue
+                cells = []
+                for f in fractions:
+                    d, lo, hi = (at(m, f"{base}/{k}", f) for k in ("diff", "diff_lo", "diff_hi"))
+                    mark = " *" if lo > 0 or hi < 0 else ""
+                    cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}")
+                body.append([label, rule, f"+{v}" if v != "all" else "all", *cells])
+    return report.markdown_table(headers, body)
+
+
 def write_outputs(rows: Sequence[dict], out: Path, title: str, info: dict) -> tuple[str, list[Path]]:
     """``study.md``, ``study.csv``, ``study.png`` and ``study.json`` in ``out``; returns the
     markdown table and the paths."""
@@ -412,7 +445,7 @@ def run_study(checkpoint_path: str | os.PathLike, cfg: Config, records: Sequence
     md, paths = write_outputs(rows, out, title, info)
     paths.append(write_labels(labels, dataset.records, out / "labels.npz"))
     tags = {"command": "study pseudo-labels", "checkpoint": str(checkpoint_path), "data": s.spec,
-            "method": cfg.method, "backbone": cfg.model.backbone}
+            "method": cfg.method, "backbone": cfg.model.backbone, **shift_tag(cfg.data.root)}
     run_id = _log_run(cfg, s, info, rows, paths, tags)
     if progress:
         print(f"\n{title}\n\n{md}\nwrote {out} (MLflow run {run_id}, experiment {s.experiment}) "

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from da_pose.adapt.ccssl import generate_pseudo_labels
-from da_pose.adapt.mean_teacher import EMACallback, EMATeacher
+from da_pose.adapt.mean_teacher import EMACallback, EMATeacher, check_report, reported_teacher
 from da_pose.adapt.method import AdaptJob, Method, RoundPlan, register
 from da_pose.adapt.pseudo_labels import PseudoLabels, load_or_generate_labels, log_round
 from da_pose.adapt.wscda import average_gradients_over_ranks, grl_lambda
@@ -103,7 +103,10 @@ class UDAAnimalConfig:
     poly_power: float = 0.9  # --power
     steps_per_epoch: int = 0  # 0 = one pass over the larger of source and target
 
+    report: str = "teacher"  # the network evaluated and reported: teacher (published) | student
+
     def check(self) -> None:
+        check_report("uda_animal", self.report)
         if self.teacher_init not in TEACHER_INITS:
             raise ConfigError(f"uda_animal.teacher_init: unknown value '{self.teacher_init}'; "
                               f"valid: {', '.join(TEACHER_INITS)}")
@@ -497,4 +500,5 @@ def _tags(job: AdaptJob) -> dict:
 UDA_ANIMAL = register(Method(
     "uda_animal", "UDA-Animal (CC-SSL labels, curriculum, mean teacher, mixup, domain classifier)",
     section="uda_animal", config=UDAAnimalConfig, needs=("source", "target"), setup=_setup, on_build=_on_build,
-    plan_round=_plan_round, callbacks=_callbacks, tags=_tags))
+    plan_round=_plan_round, callbacks=_callbacks, tags=_tags,
+    reported=reported_teacher))

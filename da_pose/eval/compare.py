@@ -15,6 +15,15 @@ from da_pose.eval.target import read_per_image
 from da_pose.tracking import MlflowTracker, check_reachable, metric_name, mlflow_key
 
 
+def selection_label(tags: dict) -> str:
+    """The checkpoint a run reports: ``last`` or ``target_val`` (its selection), plus the network
+    when it is not the student (``last, teacher``: a mean-teacher run reporting its EMA teacher).
+    Runs logged before the ``reported_network`` tag existed reported their student."""
+    selection = tags.get("selection", "last")
+    network = tags.get("reported_network", "student")
+    return selection if network == "student" else f"{selection}, {network}"
+
+
 def method_order() -> list[str]:
     """Rows in this order: the source-only baselines, every registered method, then the methods
     that use target labels."""
@@ -54,7 +63,7 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
                 "seed": tags.get("seed", "?"), "shift": tags.get("shift", ""),
                 # semi-supervised runs (data.target_labels): their labelled subset, a row of its own
                 "labels": tags.get("target_labels", ""), "labels_fraction": tags.get("target_labels_fraction", ""),
-                "selection": tags.get("selection", "last"), "settings": tags.get("settings", "defaults"),
+                "selection": selection_label(tags), "settings": tags.get("settings", "defaults"),
                 "status": run.info.status, "metrics": metrics, "all_metrics": sorted(map(metric_name, run.data.metrics))}
         if run.info.status == "FINISHED" and "pck@0.05_crop/mean" in metrics:
             done.append(item)

@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from da_pose import checkpoint, jobs
+from da_pose import checkpoint
 from da_pose.adapt import run_adaptation
 from da_pose.adapt.mean_teacher import (EMATeacher, MeanTeacherConfig, confidence_mask, consistency_mse,
                                         teacher_targets, view_affines)
@@ -19,6 +19,7 @@ from da_pose.config import load_config
 from da_pose.data.codec import HeatmapCodec
 from da_pose.data.transforms import apply_affine, compose, invert_affine
 from da_pose.errors import ConfigError
+from da_pose.run import final_checkpoint
 from da_pose.tracking import mlflow_key
 from tests.conftest import fresh_store, tiny_overrides
 
@@ -178,11 +179,8 @@ def store(tmp_path_factory, mlflow_template):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_benchmark, tmp_path_factory, store):
-    tmp = tmp_path_factory.mktemp("mt_pre")
-    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, "src", uri=store) + ["train.epochs=1"])
-    jobs.run_pretrain(cfg)
-    return Path(cfg.out_dir) / "tests" / "src" / "last.pt"
+def pretrained(tiny_source):
+    return tiny_source
 
 
 def mt_config(root, tmp_path, store, name, init, *extra):
@@ -196,8 +194,12 @@ def test_mean_teacher_runs_logs_and_resumes_exactly(tiny_benchmark, tmp_path, st
     full = mt_config(tiny_benchmark, tmp_path, store, "full", pretrained)
     metrics = run_adaptation(full, "mean_teacher")
     assert "target_test/pck@0.05_crop/mean" in metrics
-    run_adaptation(mt_config(tiny_benchmark, tmp_path, store, "half", pretrained, "train.epochs=1"), "mean_teacher")
-    run_adaptation(mt_config(tiny_benchmark, tmp_path, store, "half", pretrained, "resume=auto"), "mean_teacher")
+    # the interrupted and resumed run reports its student: what is evaluated never changes training
+    student = "mean_teacher.report=student"
+    run_adaptation(mt_config(tiny_benchmark, tmp_path, store, "half", pretrained, "train.epochs=1", student),
+                   "mean_teacher")
+    run_adaptation(mt_config(tiny_benchmark, tmp_path, store, "half", pretrained, "resume=auto", student),
+                   "mean_teacher")
     runs = Path(full.out_dir) / "tests"
     a, b = checkpoint.load(runs / "full" / "last.pt"), checkpoint.load(runs / "half" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 4
@@ -220,3 +222,33 @@ def test_mean_teacher_runs_logs_and_resumes_exactly(tiny_benchmark, tmp_path, st
         assert len(client.get_metric_history(run.info.run_id, key)) == 4, key
     assert run.data.metrics["train/ema/alpha"] == pytest.approx(0.9)
     assert mlflow_key("target_test/pck@0.05_crop/mean") in run.data.metrics
+    # the teacher is what is reported (published): reported.pt holds its weights and is the final checkpoint
+    assert run.data.tags["reported_network"] == "teacher"
+    reported = checkpoint.load(runs / "full" / "reported.pt")
+    assert reported["reported"] == "teacher" and reported["selection"] == "last"
+    assert all(torch.equal(v, teacher[f"model.{k}"]) for k, v in reported["model"].items())
+    assert final_checkpoint(full, runs / "full") == runs / "full" / "reported.pt"
+    assert run.data.metrics[mlflow_key("target_test/pck@0.05_crop/mean")] == pytest.approx(
+        evaluate_checkpoint(full, runs / "full" / "reported.pt"), abs=1e-6)
+    half = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}["half"]
+    assert half.data.tags["reported_network"] == "student" and not (runs / "half" / "reported.pt").exists()
+
+
+@pytest.mark.slow
+def test_mean_teacher_selects_and_reports_the_teachers_best_epoch(tiny_benchmark, tmp_path, store, pretrained):
+    cfg = mt_config(tiny_benchmark, tmp_path, store, "sel", pretrained, "train.selection=target_val",
+                    "train.eval_every=1")
+    run_adaptation(cfg, "mean_teacher")
+    run_dir = Path(cfg.out_dir) / "tests" / "sel"
+    best, reported = checkpoint.load(run_dir / "best.pt"), checkpoint.load(run_dir / "reported.pt")
+    assert reported["selection"] == "target_val" and reported["epoch"] == best["epoch"]
+    assert all(torch.equal(v, best["state_modules"]["teacher"][f"model.{k}"]) for k, v in reported["model"].items())
+
+
+def evaluate_checkpoint(cfg, path: Path) -> float:
+    """Target test crop PCK of a checkpoint file, through ``da-pose evaluate``'s job."""
+    from da_pose.data.loaders import domain_records
+    from da_pose.jobs import run_evaluate
+
+    metrics = run_evaluate(str(path), cfg, domain_records(cfg, "target", "test"), path.parent / "evaluate")
+    return metrics["pck@0.05_crop/mean"]

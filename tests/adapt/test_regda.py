@@ -283,16 +283,13 @@ RESNET = ["model.backbone=resnet18", "model.deconv_filters=16"]
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_benchmark, tmp_path_factory, store):
-    """A one-epoch source-only checkpoint per backbone."""
+def pretrained(tiny_benchmark, tmp_path_factory, store, tiny_source):
+    """A one-epoch source-only checkpoint per backbone (the hourglass is the session's)."""
     tmp = tmp_path_factory.mktemp("regda_pre")
-    paths = {}
-    for backbone, extra in (("hourglass", []), ("resnet", RESNET)):
-        cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, f"src_{backbone}", uri=store) + extra
-                          + ["train.epochs=1"])
-        jobs.run_pretrain(cfg)
-        paths[backbone] = Path(cfg.out_dir) / "tests" / f"src_{backbone}" / "last.pt"
-    return paths
+    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, "src_resnet", uri=store) + RESNET
+                      + ["train.epochs=1"])
+    jobs.run_pretrain(cfg)
+    return {"hourglass": tiny_source, "resnet": Path(cfg.out_dir) / "tests" / "src_resnet" / "last.pt"}
 
 
 def regda_config(root, tmp_path, store, name, init, *extra):

@@ -328,13 +328,8 @@ def store(tmp_path_factory, mlflow_template):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_benchmark, tmp_path_factory, store):
-    from da_pose import jobs
-
-    tmp = tmp_path_factory.mktemp("scarce_pre")
-    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, "src", uri=store) + ["train.epochs=1"])
-    jobs.run_pretrain(cfg)
-    return Path(cfg.out_dir) / "tests" / "src" / "last.pt"
+def pretrained(tiny_source):
+    return tiny_source
 
 
 def scarce_config(root, tmp_path, store, name, init, *extra):

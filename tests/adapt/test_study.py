@@ -11,7 +11,7 @@ import torch
 
 from da_pose import checkpoint, run
 from da_pose.adapt.study import (VARIANTS, StudySettings, VariantLabels, kept_counts, parse_fractions,
-                                 parse_variants, resampling_units, study_rows, variant_config)
+                                 parse_variants, resampling_units, shift_summary, study_rows, variant_config)
 from da_pose.config import CCSSLConfig, dump_yaml, load_config
 from da_pose.data import manifest
 from da_pose.data.records import PoseRecord
@@ -95,6 +95,15 @@ def test_study_command_end_to_end(study_ckpt, tiny_benchmark, tmp_path, mlflow_t
     assert mlflow_key("study/all/agreement/diff_lo@80") in found.data.metrics
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "study")}
     assert {"study/study.csv", "study/study.md", "study/study.png"} <= artifacts
+    # the README's summary (scripts/update_readme_results.py --by study) reads the same metrics back
+    m = found.data.metrics
+    table = shift_summary([("tiny", m)]).splitlines()
+    identity = next(line for line in table if "| max | identity" in line)
+    assert f"| {m[mlflow_key('study/identity/max/acc@40')]:.1f} |" in identity
+    d, lo, hi = (m[mlflow_key(f"study/all/agreement/{k}@80")] for k in ("diff", "diff_lo", "diff_hi"))
+    row = next(line for line in table if "| agreement | all |" in line)
+    assert row.endswith(f"| {d:+.1f} [{lo:+.1f}, {hi:+.1f}]{' *' if lo > 0 or hi < 0 else ''} |")
+    assert sum("| tiny |" in line for line in table) == 2 * len(VARIANTS)  # 2 rules x (identity + 5 variants)
 
 
 @pytest.mark.parametrize("argv, fragment", [

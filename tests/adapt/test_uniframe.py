@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from da_pose import checkpoint, jobs
+from da_pose import checkpoint
 from da_pose.adapt import METHODS, run_adaptation
 from da_pose.adapt.mean_teacher import EMATeacher, view_affines
 from da_pose.adapt.method import method_config
@@ -249,11 +249,8 @@ def store(tmp_path_factory, mlflow_template):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_benchmark, tmp_path_factory, store):
-    tmp = tmp_path_factory.mktemp("uf_pre")
-    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp, "src", uri=store) + ["train.epochs=1"])
-    jobs.run_pretrain(cfg)
-    return Path(cfg.out_dir) / "tests" / "src" / "last.pt"
+def pretrained(tiny_source):
+    return tiny_source
 
 
 @pytest.mark.slow
