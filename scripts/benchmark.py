@@ -685,7 +685,8 @@ def main(argv=None) -> int:
               + calibration_table(experiment, args.tracking_uri, args.backbone))
     subprocess.call([str(bin_dir / "da-pose"), "compare", "--experiment", experiment, "--tracking-uri",
                      args.tracking_uri, "--out", str(runs / experiment / "compare"),
-                     *(["--by", "labels"] if args.matrix == "labels" else [])], cwd=ROOT)
+                     *(["--by", "labels"] if args.matrix == "labels" else
+                       ["--by", "shift"] if shifts is not None else [])], cwd=ROOT)
     if failed:
         print("[benchmark] not finished: " + "; ".join(f"{n} ({outcome[n]})" for n in failed), file=sys.stderr)
         return 1

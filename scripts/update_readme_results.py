@@ -33,6 +33,10 @@ REPRODUCE = {
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels` (the plot: its `runs/toy-demo-shifts/"
               "compare/compare_labels.png`), then `python scripts/update_readme_results.py --experiment "
               "toy-demo-shifts --block labels --by labels`.",
+    "calibration-g1": "Reproduce: `python scripts/benchmark.py --matrix calibration --data-seed 1 --seeds 0 --shifts "
+                      "pose context shape all --data data/demo-shifts-g1 --experiment calib-g1`, then `python "
+                      "scripts/update_readme_results.py --readme docs/shifts.md --experiment calib-g1 --block "
+                      "calibration-g1 --by shift`.",
     "study": "Reproduce: for each shift S in pose, context, all: `da-pose --threads 1 study pseudo-labels "
              "--checkpoint runs/toy-demo-shifts/pretrain_hg_s0/last.pt --data \"data/demo-shifts/S#target\" --unit "
              "video --out runs/study/S` (the source model and data of `make benchmark`), then `python "
