@@ -2,6 +2,7 @@
 
 import dataclasses
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,27 @@ def call(argv, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class Killed(Exception):
+    """What :func:`die_after_epoch` raises: a run stopped right after writing a checkpoint."""
+
+
+@contextmanager
+def die_after_epoch(epoch: int):
+    """Within the block, ``Trainer.save`` writes its checkpoint and then raises :class:`Killed`
+    once the trainer has finished ``epoch`` (an interrupted run to resume from)."""
+    from da_pose.train.trainer import Trainer
+
+    save = Trainer.save
+
+    def save_then_die(self, name="last.pt"):
+        save(self, name)
+        if self.epoch == epoch:
+            raise Killed
+
+    Trainer.save = save_then_die
+    try:
+        yield
+    finally:
+        Trainer.save = save

@@ -26,8 +26,7 @@ from da_pose.data.skeleton import FLIP_INDEX
 from da_pose.data.transforms import apply_affine, flip_affine
 from da_pose.errors import ConfigError
 from da_pose.models.hourglass import HourglassNet
-from da_pose.train.trainer import Trainer
-from tests.conftest import fresh_store, tiny_overrides
+from tests.conftest import Killed, die_after_epoch, fresh_store, tiny_overrides
 
 CFG = ScarceNetConfig()
 K = len(FLIP_INDEX)
@@ -338,26 +337,13 @@ def scarce_config(root, tmp_path, store, name, init, *extra):
         "scarcenet.schedule_epochs=40", "scarcenet.dist_thre=2.0", *extra])
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_scarcenet_runs_logs_and_resumes_exactly(tiny_benchmark, tmp_path, store, pretrained, monkeypatch):
+def test_scarcenet_runs_logs_and_resumes_exactly(tiny_benchmark, tmp_path, store, pretrained):
     full = scarce_config(tiny_benchmark, tmp_path, store, "full", pretrained)
     metrics = run_adaptation(full, "scarcenet")
     assert "target_test/pck@0.05_crop/mean" in metrics
-    save = Trainer.save
-
-    def save_then_die(self, name="last.pt"):
-        save(self, name)
-        if self.epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), die_after_epoch(1):
         run_adaptation(scarce_config(tiny_benchmark, tmp_path, store, "half", pretrained), "scarcenet")
-    monkeypatch.setattr(Trainer, "save", save)
     run_adaptation(scarce_config(tiny_benchmark, tmp_path, store, "half", pretrained, "resume=auto"), "scarcenet")
     runs = Path(full.out_dir) / "tests"
     a, b = checkpoint.load(runs / "full" / "last.pt"), checkpoint.load(runs / "half" / "last.pt")

@@ -28,8 +28,7 @@ from da_pose.data.transforms import apply_affine
 from da_pose.errors import ConfigError
 from da_pose.models.discriminator import StridedDomainClassifier
 from da_pose.models.hourglass import HourglassNet
-from da_pose.train.trainer import Trainer
-from tests.conftest import fresh_store, tiny_overrides
+from tests.conftest import Killed, die_after_epoch, fresh_store, tiny_overrides
 
 CFG = UDAAnimalConfig()
 
@@ -270,28 +269,15 @@ def uda_config(root, tmp_path, store, name, init, *extra):
         "uda_animal.disc_width=8", "uda_animal.schedule_epochs=4", *extra])
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_uda_animal_runs_logs_and_resumes_exactly(tiny_benchmark, tmp_path, store, pretrained, monkeypatch):
+def test_uda_animal_runs_logs_and_resumes_exactly(tiny_benchmark, tmp_path, store, pretrained):
     full = uda_config(tiny_benchmark, tmp_path, store, "full", pretrained)
     metrics = run_adaptation(full, "uda_animal")
     assert "target_test/pck@0.05_crop/mean" in metrics
     # the schedules depend on the run's total steps, so the interrupted run has the full run's
     # config and dies right after writing epoch 1's checkpoint
-    save = Trainer.save
-
-    def save_then_die(self, name="last.pt"):
-        save(self, name)
-        if self.epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), die_after_epoch(1):
         run_adaptation(uda_config(tiny_benchmark, tmp_path, store, "half", pretrained), "uda_animal")
-    monkeypatch.setattr(Trainer, "save", save)
     run_adaptation(uda_config(tiny_benchmark, tmp_path, store, "half", pretrained, "resume=auto"), "uda_animal")
     runs = Path(full.out_dir) / "tests"
     a, b = checkpoint.load(runs / "full" / "last.pt"), checkpoint.load(runs / "half" / "last.pt")
