@@ -17,7 +17,7 @@ from pathlib import Path
 import tempfile
 
 from da_pose.eval.compare import compare_markdown, fetch_per_image, paired_interval, summarize_experiment
-from da_pose.adapt.study import shift_summary
+from da_pose.adapt.study import study_summary
 from da_pose.eval.labels_curve import write_labels
 
 REPRODUCE = {
@@ -75,7 +75,7 @@ def render_study(experiment: str, tracking_uri: str) -> str:
               f"MLflow experiment `{experiment}`; 95 % intervals over {first.params.get('study.unit', '?')}s "
               f"({first.params.get('study.draws', '?')} draws); * = the interval excludes zero. Checkpoint: "
               f"`{first.tags.get('checkpoint', '?')}`.\n\n")
-    return header + shift_summary(runs)
+    return header + study_summary(runs)
 
 
 def render(experiment: str, tracking_uri: str, block: str, reference: str = "plain_pl", by: str | None = None,

@@ -213,3 +213,35 @@ def test_selection_column_names_a_reported_teacher():
     assert selection_label({}) == "last"  # runs from before the tag: their student
     assert selection_label({"selection": "target_val", "reported_network": "student"}) == "target_val"
     assert selection_label({"selection": "last", "reported_network": "teacher"}) == "last, teacher"
+
+
+def test_every_method_is_paired_with_the_control_per_shift(tmp_path):
+    from da_pose.eval import stats
+    from da_pose.eval.compare import compare_markdown, control_summary
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    rng = np.random.default_rng(1)
+    n, k = 40, 18
+    ids = np.array([f"{i // 8}:{i:03d}" for i in range(n)])
+    counted = rng.random((n, k)) < 0.8
+    runs = {}
+    for seed in range(2):
+        base = (rng.random((n, k)) < 0.4) & counted
+        ext = base | ((rng.random((n, k)) < 0.05) & counted)
+        better = base | ((rng.random((n, k)) < 0.4) & counted)
+        for method, hits in (("source_only", base), ("source_only_ext", ext), ("plain_pl", better)):
+            log_per_image_run(uri, tmp_path, f"{method}_s{seed}", method, seed, hits, counted, ids, shift="pose")
+            runs[method, seed] = (hits, counted)
+    rows, _ = jobs.summarize_experiment("paired", uri, tmp_path / "cache", draws=300, unit="image")
+    by = {r["method"]: r for r in rows}
+    groups = {m: [runs[m, s] for s in range(2)] for m in ("plain_pl", "source_only_ext")}
+    samples = stats.seed_image_bootstrap(groups, draws=300, seed=0)
+    lo, hi = stats.percentile_interval(samples["plain_pl"] - samples["source_only_ext"])
+    vs = by["plain_pl"]["paired"]["vs_control"]
+    assert (vs["lo"], vs["hi"]) == (pytest.approx(lo), pytest.approx(hi)) and vs["lo"] > 0
+    # the baselines are not paired with the control: only the adaptation methods are
+    assert by["source_only"]["paired"]["vs_control"] is None and by["source_only_ext"]["paired"]["vs_control"] is None
+    headers, table = control_summary(rows)
+    assert headers == ["method", "backbone", "pose"] and [r[0] for r in table] == ["plain_pl"]
+    assert table[0][2] == f"{vs['est']:+.1f} [{lo:+.1f}, {hi:+.1f}] (above)"
+    assert "**Δ source_only_ext per shift**" in compare_markdown("paired", rows, [], by="shift", unit="image")

@@ -341,7 +341,7 @@ def metrics_of(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
-def shift_summary(runs: Sequence[tuple[str, dict[str, float]]], rules: Sequence[str] = RULES,
+def study_summary(runs: Sequence[tuple[str, dict[str, float]]], rules: Sequence[str] = RULES,
                   variants: Sequence[str] | None = None) -> str:
     """One markdown table over several study runs (``(label, metrics)``, e.g. one per shift):
     identity's kept-label accuracy and each variant's paired difference against it, with its

@@ -205,6 +205,9 @@ def gap_interval(row: dict, src: dict, orc: dict, fetch, draws: int = stats.DRAW
     return stats.interval(est, ratio)
 
 
+CONTROL = "source_only_ext"  # source-only trained for as many more steps as adaptation adds
+
+
 def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int = stats.DRAWS,
                unit: str = "video") -> None:
     """``row["paired"]``: vs source_only, vs ``reference`` and gap recovered, each an interval
@@ -214,11 +217,14 @@ def add_paired(rows: list[dict], fetch, reference: str = "plain_pl", draws: int 
         key = lambda m, labels="": by_key.get((m, row["backbone"], row["shift"], labels))  # noqa: E731
         # the references without labels; the reference method on the row's own labelled subset
         src, ref, orc = key("source_only"), key(reference, row.get("labels", "")), key("oracle")
+        ctl = key(CONTROL)
         same = lambda other: other is not None and other is not row and other["method"] == row["method"]  # noqa: E731
         row["paired"] = {
             "vs_source": paired_interval(row, src, fetch, draws, unit=unit) if src and src is not row
             and not same(src) else None,
             "vs_reference": paired_interval(row, ref, fetch, draws, unit=unit) if ref and ref is not row else None,
+            "vs_control": paired_interval(row, ctl, fetch, draws, unit=unit) if ctl and ctl is not row
+            and not same(ctl) and row["method"] not in ("source_only", "oracle", "ccssl_r") else None,
             "gap": gap_interval(row, src, orc, fetch, draws, unit=unit) if src and orc and row is not src
             and not same(orc) and not same(src) else None,
         }
@@ -313,6 +319,21 @@ def shift_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
         [m, b, *(v.get(s, "") for s in shifts)] for (m, b), v in cells.items()]
 
 
+def control_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """The paired difference against the control (``source_only_ext``: source-only trained for as
+    many more steps) per method and backbone (rows) and shift (columns), ``yes`` marking an
+    interval above zero; only the rows that have one (the adaptation methods)."""
+    shifts = sorted({r["shift"] for r in rows})
+    cells: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        p = r.get("paired", {}).get("vs_control")
+        if p is not None:
+            mark = " (above)" if p["lo"] > 0 else " (below)" if p["hi"] < 0 else ""
+            cells.setdefault((row_name(r), r["backbone"]), {})[r["shift"]] = _cell(p) + mark
+    return ["method", "backbone", *(s or "-" for s in shifts)], [
+        [m, b, *(v.get(s, "") for s in shifts)] for (m, b), v in cells.items()]
+
+
 CAPTION = ("Target test PCK@0.05 (crop normaliser, %), mean ± std over seeds; MLflow experiment `{experiment}`. "
            "Δ: paired difference in points (same seed's source model, same test images) with a 95 % bootstrap "
            "interval over test {unit}s and seeds; ≠ 0: the interval excludes zero. Gap recovered = (method - "
@@ -333,6 +354,11 @@ def compare_markdown(experiment: str, rows: list[dict], other: list[dict], refer
         parts += [report.markdown_table(*paired_table(part, reference)).rstrip(), ""]
     if by == "shift":
         parts += ["**Gap recovered per shift** [95 % CI]", "", report.markdown_table(*shift_summary(rows)).rstrip(), ""]
+        headers, table = control_summary(rows)
+        if table:
+            parts += [f"**Δ {CONTROL} per shift** [95 % CI], points: each method against the control trained "
+                      "for as many more steps on the source alone (above / below: the interval excludes zero)", "",
+                      report.markdown_table(headers, table).rstrip(), ""]
     else:
         headers, table = compare_tables(rows, "group")
         parts += ["Per joint group (mean ± std over seeds):", "", report.markdown_table(headers, table).rstrip()]

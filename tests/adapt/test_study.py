@@ -11,7 +11,7 @@ import torch
 
 from da_pose import checkpoint, run
 from da_pose.adapt.study import (VARIANTS, StudySettings, VariantLabels, kept_counts, parse_fractions,
-                                 parse_variants, resampling_units, shift_summary, study_rows, variant_config)
+                                 parse_variants, resampling_units, study_summary, study_rows, variant_config)
 from da_pose.config import CCSSLConfig, dump_yaml, load_config
 from da_pose.data import manifest
 from da_pose.data.records import PoseRecord
@@ -97,7 +97,7 @@ def test_study_command_end_to_end(study_ckpt, tiny_benchmark, tmp_path, mlflow_t
     assert {"study/study.csv", "study/study.md", "study/study.png"} <= artifacts
     # the README's summary (scripts/update_readme_results.py --by study) reads the same metrics back
     m = found.data.metrics
-    table = shift_summary([("tiny", m)]).splitlines()
+    table = study_summary([("tiny", m)]).splitlines()
     identity = next(line for line in table if "| max | identity" in line)
     assert f"| {m[mlflow_key('study/identity/max/acc@40')]:.1f} |" in identity
     d, lo, hi = (m[mlflow_key(f"study/all/agreement/{k}@80")] for k in ("diff", "diff_lo", "diff_hi"))
