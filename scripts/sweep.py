@@ -89,13 +89,15 @@ def command_for(args, point: dict, name: str) -> list[str]:
 
 def run_point(name: str, point: dict, cmd: list[str], logs: Path | None) -> bool:
     """Run one grid point; with ``logs`` (parallel points) its output goes to ``<logs>/<name>.log``."""
-    print(f"running {name}: {point}" + (f" (log: {logs / (name + '.log')})" if logs else ""), flush=True)
+    # one write per line: points run side by side print from several threads
+    print(f"running {name}: {point}" + (f" (log: {logs / (name + '.log')})" if logs else "") + "\n", end="",
+          flush=True)
     if logs is None:
         ok = subprocess.run(cmd).returncode == 0
     else:
         with open(logs / f"{name}.log", "w") as log:
             ok = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode == 0
-    print(f"{name} {'finished' if ok else 'failed; the sweep continues without it'}", flush=True,
+    print(f"{name} {'finished' if ok else 'failed; the sweep continues without it'}\n", end="", flush=True,
           file=sys.stdout if ok else sys.stderr)
     return ok
 
