@@ -426,5 +426,4 @@ def _tags(job: AdaptJob) -> dict:
 SCARCENET = register(Method(
     "scarcenet", "ScarceNet (small-loss selection, agreement re-labelling, mean teacher, RandAugment)",
     section="scarcenet", config=ScarceNetConfig, needs=("source", "target"), setup=_setup, on_build=_on_build,
-    plan_round=_plan_round, callbacks=_callbacks, tags=_tags,
-    reported=reported_teacher))
+    plan_round=_plan_round, callbacks=_callbacks, tags=_tags, reported=reported_teacher))

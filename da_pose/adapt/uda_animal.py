@@ -8,19 +8,17 @@ Pose Estimation", CVPR 2021; FACTS section 8.1), mapped onto our single-head pos
 3. **Mean teacher**: an EMA teacher (ramp ``min(1 - 1/(t+1), 0.999)``) predicts on a flipped,
    colour-jittered view x_t; its map, warped into the student's rotated view x_s, is the target
    of the student's second head with weight ``w_c(e) = 90 exp(-5 (1 - min(e, 10)/10)^2)``.
-4. **Two heads**: our models have one score head. ``dual_head`` adds a copy of the last score head
-   on the same features (published hm2, initialised from the trained head), which learns the
-   teacher; the main head (hm1) learns the pseudo-labels; ``0.01 * 0.5 * mean((hm1 - hm2)^2)``
-   ties them. Self-distillation (published: coarse deconv output <- stopgrad refine output) runs
-   between every earlier hourglass stack and the last one; a one-stack model has no such pair, so
-   the term is absent there (docs/uda_animal.md).
+4. **Two heads**: ``dual_head`` adds a copy of the last score head on the same features (published
+   hm2, initialised from the trained head), which learns the teacher; the main head (hm1) learns
+   the pseudo-labels; ``0.01 * 0.5 * mean((hm1 - hm2)^2)`` ties them. Self-distillation
+   (published: coarse deconv output <- stopgrad refine output) runs between every earlier
+   hourglass stack and the last one; a one-stack model has none (docs/uda_animal.md).
 5. **Mixup** of the pseudo-label inputs: cross-domain with p = 0.5, else within the target batch.
 6. **Domain classifier** behind a gradient reversal layer on ``PoseOutput.features`` (published:
    on the refine block's multi-scale concat, which our models lack).
 
-Every term is a switch of the ``uda_animal`` section. "Epochs" of the published schedules are
-schedule epochs: the run's steps mapped linearly onto ``schedule_epochs`` (published 80).
-Nothing reads the target labels except CC-SSL's diagnostic pseudo-label accuracy (log_round).
+Every term is a switch of the ``uda_animal`` section; published "epochs" are schedule epochs (the
+run's steps mapped onto ``schedule_epochs``, 80). Only CC-SSL's diagnostic reads target labels.
 """
 
 from __future__ import annotations
@@ -76,6 +74,7 @@ class UDAAnimalConfig:
     mean_teacher: bool = True
     alpha: float = 0.999  # --ema-decay, reached by the ramp min(1 - 1/(t + 1), alpha)
     teacher_init: str = "random"  # random (published: the teacher is not loaded) | student
+    report: str = "teacher"  # the network evaluated and reported: teacher (published) | student
     consistency: float = 90.0  # --consistency
     consistency_rampup: float = 10.0  # --consistency-rampup (epochs)
     rotate: float = 45.0  # x_s rotation clip(45 N, +-90) with p 0.6 (--rot-factor; D L169-170, L184)
@@ -102,8 +101,6 @@ class UDAAnimalConfig:
     poly_epochs: float = 100.0  # --max_epoch
     poly_power: float = 0.9  # --power
     steps_per_epoch: int = 0  # 0 = one pass over the larger of source and target
-
-    report: str = "teacher"  # the network evaluated and reported: teacher (published) | student
 
     def check(self) -> None:
         check_report("uda_animal", self.report)
@@ -500,5 +497,4 @@ def _tags(job: AdaptJob) -> dict:
 UDA_ANIMAL = register(Method(
     "uda_animal", "UDA-Animal (CC-SSL labels, curriculum, mean teacher, mixup, domain classifier)",
     section="uda_animal", config=UDAAnimalConfig, needs=("source", "target"), setup=_setup, on_build=_on_build,
-    plan_round=_plan_round, callbacks=_callbacks, tags=_tags,
-    reported=reported_teacher))
+    plan_round=_plan_round, callbacks=_callbacks, tags=_tags, reported=reported_teacher))
