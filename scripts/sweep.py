@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     print(text)
     if args.write:
         header = (f"# Chosen by scripts/sweep.py on {SCORE} (target val, never test): run {best_name}, "
-                  f"{best_score:.1f}\n# grid: {' '.join(args.grid)}\n# experiment: {args.experiment}\n")
+                  f"{best_score:.1f}\n# grid: {' '.join(args.grid)}\n# experiment: {args.experiment}\n"
+                  + (f"# every point: {' '.join(args.set)}\n" if args.set else ""))
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
         Path(args.write).write_text(chosen_yaml(Path(args.config), best_point, args.selection, header))
         print(f"wrote {args.write}")
