@@ -27,9 +27,12 @@ REPRODUCE = {
                          "`--shifts pose all --methods plain_pl ccssl source_only_ext` (the adaptation rows), then `python "
                          "scripts/update_readme_results.py --experiment shifts-calib --tracking-uri sqlite:///calib.db "
                          "--block shift-calibration --by shift --reference oracle`.",
-    "shift-benchmark": "Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `all`, 3 seeds), then "
-                       "`python scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark "
-                       "--by shift`.",
+    "shift-benchmark": "Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `all`, 3 seeds); the "
+                       "newer methods on `all`: `python scripts/benchmark.py --shifts all --methods uniframe uda_animal "
+                       "regda scarcenet`; the ResNet-18 rows: `python scripts/benchmark.py --backbone resnet18 "
+                       "--shifts all --methods source_only oracle source_only_ext plain_pl ccssl` (its settings: "
+                       "docs/results.md); then `python scripts/update_readme_results.py --experiment toy-demo-shifts "
+                       "--block shift-benchmark --by shift`.",
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels` (the plot: its `runs/toy-demo-shifts/"
               "compare/compare_labels.png`), then `python scripts/update_readme_results.py --experiment "
               "toy-demo-shifts --block labels --by labels`.",
