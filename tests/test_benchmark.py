@@ -208,26 +208,27 @@ def test_labels_matrix_crosses_methods_with_labelled_fractions(bench, tmp_path, 
     for m in bench.LABEL_METHODS:
         assert m in methods and all(f"{m}@{f}" in methods for f in fractions)
     # the floor: source-only (0 labels), the oracle on every subset, the oracle on all labels
-    assert {"source_only", "oracle", "oracle@0.01", "oracle@0.05", "oracle@0.1"} <= set(methods)
+    assert {"source_only", "oracle", "oracle@0.02", "oracle@0.1"} <= set(methods)
     assert "oracle@all" not in methods and "oracle@0" not in methods
     jobs = {j.name: j for j in bench.plan([0, 1, 2], {"pose": methods}, Path("runs"), "exp", shifts=["pose"], data="d")}
-    per_seed = 1 + 4 + len(bench.LABEL_METHODS) * len(bench.LABEL_FRACTIONS)
+    per_seed = 2 + len(fractions) + len(bench.LABEL_METHODS) * len(bench.LABEL_FRACTIONS)
     assert len(jobs) == 3 * per_seed
-    cc = jobs["ccssl_l5_hg_pose_s1"]
-    assert "data.target_labels=0.05" in cc.argv and cc.argv[:2] == ["adapt", "ccssl"]
+    cc = jobs["scarcenet_l2_hg_pose_s1"]
+    assert "data.target_labels=0.02" in cc.argv and cc.argv[:2] == ["adapt", "scarcenet"]
     assert cc.after == ["pretrain_hg_s1"] and "init=runs/exp/pretrain_hg_s1/last.pt" in cc.argv
-    floor = jobs["oracle_l1_hg_pose_s2"]
-    assert floor.argv[0] == "finetune" and "data.target_labels=0.01" in floor.argv
-    assert "data.target_labels=all" in jobs["mean_teacher_lall_hg_pose_s0"].argv
+    floor = jobs["oracle_l2_hg_pose_s2"]
+    assert floor.argv[0] == "finetune" and "data.target_labels=0.02" in floor.argv
+    assert "mean_teacher_l10_hg_pose_s0" in jobs and not any("_lall_" in name for name in jobs)
     # 0 labels and the oracle on all labels are the shift benchmark's own runs (shared by name)
     assert not any(a.startswith("data.target_labels") for a in jobs["plain_pl_hg_pose_s0"].argv + jobs[
         "oracle_hg_pose_s0"].argv)
     only = bench.matrix_methods("labels", ["pose"], ["mean_teacher"])["pose"]
-    assert "mean_teacher@0.1" in only and "ccssl" not in only
+    assert "mean_teacher@0.1" in only and "scarcenet" not in only
+    assert "ccssl@0.02" in bench.matrix_methods("labels", ["pose"], ["ccssl"])["pose"]
     uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
     rc = bench.main(["--dry-run", "--matrix", "labels", "--data", str(tmp_path / "d"), "--tracking-uri", uri])
     out = capsys.readouterr().out
-    assert rc == 0 and "ccssl_l10_hg_pose_s2" in out and f"{3 * per_seed} of {3 * per_seed} runs to do" in out
+    assert rc == 0 and "scarcenet_l10_hg_pose_s2" in out and f"{3 * per_seed} of {3 * per_seed} runs to do" in out
     assert "estimated" in out
 
 
