@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,9 +34,10 @@ REPRODUCE = {
                        "--shifts all --methods source_only oracle source_only_ext plain_pl ccssl` (its settings: "
                        "docs/results.md); then `python scripts/update_readme_results.py --experiment toy-demo-shifts "
                        "--block shift-benchmark --by shift`.",
-    "labels": "Reproduce: `python scripts/benchmark.py --matrix labels` (the plot: its `runs/toy-demo-shifts/"
-              "compare/compare_labels.png`), then `python scripts/update_readme_results.py --experiment "
-              "toy-demo-shifts --block labels --by labels`.",
+    "labels": "Reproduce: `python scripts/benchmark.py --matrix labels --tracking-uri sqlite:///labels.db` (a "
+              "fresh clone, data folder and store), then `python scripts/update_readme_results.py --experiment "
+              "toy-demo-shifts --tracking-uri sqlite:///labels.db --block labels --by labels --plot "
+              "docs/img/labels_pose.png`.",
     "calibration-g1": "Reproduce: `python scripts/benchmark.py --matrix calibration --data-seed 1 --seeds 0 --shifts "
                       "pose context shape all --data data/demo-shifts-g1 --experiment calib-g1`, then `python "
                       "scripts/update_readme_results.py --readme docs/shifts.md --experiment calib-g1 --block "
@@ -82,7 +84,9 @@ def render_study(experiment: str, tracking_uri: str) -> str:
 
 
 def render(experiment: str, tracking_uri: str, block: str, reference: str = "plain_pl", by: str | None = None,
-           unit: str = "video") -> str:
+           unit: str = "video", plot: Path | None = None) -> str:
+    """The block's markdown; with ``by="labels"`` and ``plot``, the first labels-vs-PCK plot is
+    copied there (the picture the README shows beside the block)."""
     if by == "study":
         return render_study(experiment, tracking_uri) + "\n" + REPRODUCE.get(block, "") + "\n"
     with tempfile.TemporaryDirectory() as cache:
@@ -90,8 +94,13 @@ def render(experiment: str, tracking_uri: str, block: str, reference: str = "pla
         text = compare_markdown(experiment, rows, other, reference, by, unit)
         if by == "labels":  # the labels-vs-PCK table paired to the supervised-only floor (plot: compare --by labels)
             fetch = lambda run: fetch_per_image(run, tracking_uri, Path(cache))  # noqa: E731
-            text += "\n" + write_labels(rows, Path(cache), lambda a, b: paired_interval(a, b, fetch, unit=unit),
-                                         unit, experiment)[0]
+            body, files = write_labels(rows, Path(cache), lambda a, b: paired_interval(a, b, fetch, unit=unit),
+                                       unit, experiment)
+            text += "\n" + body
+            pngs = [f for f in files if f.endswith(".png")]
+            if plot is not None and pngs:
+                plot.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(cache) / pngs[0], plot)
     return text + "\n" + REPRODUCE.get(block, "") + "\n"
 
 
@@ -114,10 +123,14 @@ def main(argv=None) -> int:
                     help="shift: one table per shift and a gap summary; labels: PCK against the labelled fraction; "
                          "study: the pseudo-label study runs of the experiment, one per shift")
     ap.add_argument("--unit", choices=["video", "image"], default="video", help="what the bootstrap resamples")
+    ap.add_argument("--plot", type=Path, default=None, help="with --by labels: copy the labels-vs-PCK plot here")
     args = ap.parse_args(argv)
     path = Path(args.readme)
     old = path.read_text()
-    body = render(args.experiment, args.tracking_uri, args.block, args.reference, args.by, args.unit)
+    if args.plot is not None and args.by != "labels":
+        ap.error("--plot needs --by labels")
+    body = render(args.experiment, args.tracking_uri, args.block, args.reference, args.by, args.unit,
+                  None if args.check else args.plot)
     new = replace_block(old, args.block, body)
     if args.check:
         if new != old:

@@ -99,7 +99,8 @@ def test_readme_labels_block_is_generated(labels_store, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:labels start -->\n<!-- results:labels end -->\n")
     assert mod.main(["--experiment", "labels", "--tracking-uri", uri, "--readme", str(readme), "--block", "labels",
-                     "--by", "labels"]) == 0
+                     "--by", "labels", "--plot", str(tmp_path / "img" / "labels.png")]) == 0
+    assert (tmp_path / "img" / "labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     body = readme.read_text()
     assert "**PCK against labels (hourglass, shift pose)**" in body and "| supervised only |" in body
     assert "matches the oracle" in body and "--matrix labels" in body
