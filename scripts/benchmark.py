@@ -145,12 +145,13 @@ def _evaluate_job(name: str, trained: str, runs: Path, experiment: str, root: st
 
 
 def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass", shifts=None,
-         data: str = "data") -> list[Job]:
+         data: str = "data", labels_init: str = "floor") -> list[Job]:
     """The jobs of every seed (and shift) in dependency order (pretraining and oracle first).
 
     ``methods``: a list for every shift, or ``{shift: list}``. ``shifts``: None runs on one
     dataset (the shared ``data.root``) with the historical run names; else each shift's runs use
     ``<data>/<shift>`` and carry the shift in their names, except the source-trained models.
+    ``labels_init``: where a method run on labels starts (:func:`labelled_entry`).
     """
     _, model_sets, _, _ = BACKBONES[backbone]
     per_shift = {None: list(methods)} if shifts is None else {
@@ -167,7 +168,7 @@ def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass
             table = _seed_table(s, runs, experiment, backbone, sh)
             root = f"{data}/{shift_dir(sh)}" if sh else None
             for method in ms:
-                job_name, command, config, sets, after = labelled_entry(table, method)
+                job_name, command, config, sets, after = labelled_entry(table, method, labels_init)
                 if sh is not None and sh != home and method in SOURCE_TRAINED:
                     job = _evaluate_job(run_name(method, backbone, s, sh), job_name, runs, experiment, root, s, sh)
                 else:
@@ -196,14 +197,30 @@ LABEL_FRACTIONS, LABEL_SHIFT = ("0", "0.02", "0.1"), "pose"
 LABEL_METHODS = ("plain_pl", "mean_teacher", "scarcenet")
 
 
-def labelled_entry(table: dict, method: str) -> tuple:
-    """``NAME@FRACTION`` (``--matrix labels``): NAME's entry run on that labelled target subset."""
+LABELS_INIT = ("floor", "source")
+
+
+def labelled_entry(table: dict, method: str, labels_init: str = "floor") -> tuple:
+    """``NAME@FRACTION`` (``--matrix labels``): NAME's entry run on that labelled target subset.
+
+    ``labels_init="floor"``: an adaptation method starts from the supervised-only floor of its seed
+    and subset (the oracle command on the same labels, ``oracle_l<percent>_...``), as ScarceNet's
+    published recipe starts its semi-supervised stage from the model trained on the labelled images
+    (FACTS 8.4); its paired difference to the floor is then what the unlabelled target adds.
+    ``"source"``: from the seed's source model, like the runs without labels."""
     base, _, labels = method.partition("@")
     name, command, config, sets, after = table[base]
     if not labels:
         return table[base]
     tag = "all" if labels == "all" else f"{100 * float(labels):g}"
-    return name.replace(f"{base}_", f"{base}_l{tag}_", 1), command, config, [*sets, f"data.target_labels={labels}"], after
+    sets, after = [*sets, f"data.target_labels={labels}"], list(after)
+    if labels_init == "floor" and command.startswith("adapt "):
+        floor = table["oracle"][0].replace("oracle_", f"oracle_l{tag}_", 1)
+        init = next(kv for kv in sets if kv.startswith("init="))
+        sets = [f"init={Path(init[len('init='):]).parent.parent / floor / 'last.pt'}" if kv == init else kv
+                for kv in sets]
+        after = [floor]
+    return name.replace(f"{base}_", f"{base}_l{tag}_", 1), command, config, sets, after
 # The default matrix (docs/shifts.md, "Running the comparison per shift"): chosen to fit 100 minutes
 # on 2 CPU cores. The shifts: two single shifts that pass the calibration rule and model different
 # phenomena (pose and viewpoint; clutter with limb-like distractors), and ``all``. On each: the
@@ -564,6 +581,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="shifts (a comma list combines), 'none' for one dataset without shifts (default: "
                          f"{' '.join(DEFAULT_SHIFTS)} for --matrix default, else {' '.join(SINGLE_SHIFTS)} all)")
     ap.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="replaces the matrix's methods")
+    ap.add_argument("--labels-init", default="floor", choices=LABELS_INIT,
+                    help="--matrix labels: a method on labels starts from the supervised-only floor of its subset "
+                         "(default; ScarceNet's published staging) or from the source model")
     ap.add_argument("--backbone", default="hourglass", choices=list(BACKBONES),
                     help="the toy configs' hourglass, or a ResNet-18 SimpleBaseline (runs named *_r18_*)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -625,7 +645,7 @@ def main(argv=None) -> int:
         methods = ["source_only", "oracle"] if args.matrix == "calibration" else list(METHODS)
     else:
         methods = matrix_methods(args.matrix, shifts, args.methods)
-    jobs = plan(args.seeds, methods, runs, experiment, args.backbone, shifts, data)
+    jobs = plan(args.seeds, methods, runs, experiment, args.backbone, shifts, data, args.labels_init)
     done = finished_runs(experiment, args.tracking_uri)
     if args.dry_run:
         for j in jobs:

@@ -215,9 +215,16 @@ def test_labels_matrix_crosses_methods_with_labelled_fractions(bench, tmp_path, 
     assert len(jobs) == 3 * per_seed
     cc = jobs["scarcenet_l2_hg_pose_s1"]
     assert "data.target_labels=0.02" in cc.argv and cc.argv[:2] == ["adapt", "scarcenet"]
-    assert cc.after == ["pretrain_hg_s1"] and "init=runs/exp/pretrain_hg_s1/last.pt" in cc.argv
+    assert cc.after == ["oracle_l2_hg_pose_s1"] and "init=runs/exp/oracle_l2_hg_pose_s1/last.pt" in cc.argv
     floor = jobs["oracle_l2_hg_pose_s2"]
     assert floor.argv[0] == "finetune" and "data.target_labels=0.02" in floor.argv
+    # on labels, a method starts from the floor of its seed and subset (ScarceNet's staging) ...
+    mt = jobs["mean_teacher_l2_hg_pose_s2"]
+    assert mt.after == ["oracle_l2_hg_pose_s2"] and "init=runs/exp/oracle_l2_hg_pose_s2/last.pt" in mt.argv
+    # ... or, with labels_init="source", from the source model like the runs without labels
+    src = {j.name: j for j in bench.plan([2], {"pose": methods}, Path("runs"), "exp", shifts=["pose"], data="d",
+                                         labels_init="source")}["mean_teacher_l2_hg_pose_s2"]
+    assert src.after == ["pretrain_hg_s2"] and "init=runs/exp/pretrain_hg_s2/last.pt" in src.argv
     assert "mean_teacher_l10_hg_pose_s0" in jobs and not any("_lall_" in name for name in jobs)
     # 0 labels and the oracle on all labels are the shift benchmark's own runs (shared by name)
     assert not any(a.startswith("data.target_labels") for a in jobs["plain_pl_hg_pose_s0"].argv + jobs[
