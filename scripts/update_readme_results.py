@@ -38,6 +38,10 @@ REPRODUCE = {
               "fresh clone, data folder and store), then `python scripts/update_readme_results.py --experiment "
               "toy-demo-shifts --tracking-uri sqlite:///labels.db --block labels --by labels --plot "
               "docs/img/labels_pose.png`.",
+    "labels-source-init": "Reproduce: `python scripts/benchmark.py --matrix labels --labels-init source "
+                          "--tracking-uri sqlite:///labels-source.db`, then `python scripts/update_readme_results.py "
+                          "--experiment toy-demo-shifts --tracking-uri sqlite:///labels-source.db --block "
+                          "labels-source-init --by labels`.",
     "calibration-g1": "Reproduce: `python scripts/benchmark.py --matrix calibration --data-seed 1 --seeds 0 --shifts "
                       "pose context shape all --data data/demo-shifts-g1 --experiment calib-g1`, then `python "
                       "scripts/update_readme_results.py --readme docs/shifts.md --experiment calib-g1 --block "
