@@ -28,12 +28,16 @@ REPRODUCE = {
                          "`--shifts pose all --methods plain_pl ccssl source_only_ext` (the adaptation rows), then `python "
                          "scripts/update_readme_results.py --experiment shifts-calib --tracking-uri sqlite:///calib.db "
                          "--block shift-calibration --by shift --reference oracle`.",
-    "shift-benchmark": "Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `all`, 3 seeds); the "
-                       "newer methods on `all`: `python scripts/benchmark.py --shifts all --methods uniframe uda_animal "
-                       "regda scarcenet`; the ResNet-18 rows: `python scripts/benchmark.py --backbone resnet18 "
-                       "--shifts all --methods source_only oracle source_only_ext plain_pl ccssl` (its settings: "
-                       "docs/results.md); then `python scripts/update_readme_results.py --experiment toy-demo-shifts "
-                       "--block shift-benchmark --by shift`.",
+    "shift-benchmark": (
+        'Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `all`, 3 seeds); the '
+        'calibration rows of `shape` and `occlusion`: `python scripts/benchmark.py --matrix calibration '
+        '--shifts all shape occlusion`; the newer methods on `all`: `python scripts/benchmark.py --shifts '
+        'all --methods uniframe uda_animal regda scarcenet`; the ResNet-18 rows: `python '
+        'scripts/benchmark.py --backbone resnet18 --shifts all --methods source_only oracle '
+        'source_only_ext plain_pl ccssl` (its settings: docs/results.md); then `python '
+        'scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark --by '
+        'shift`.'
+    ),
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels --tracking-uri sqlite:///labels.db` (a "
               "fresh clone, data folder and store), then `python scripts/update_readme_results.py --experiment "
               "toy-demo-shifts --tracking-uri sqlite:///labels.db --block labels --by labels --plot "
