@@ -1,7 +1,7 @@
 # da_pose: two commands on a fresh machine.
 #   make demo   installs everything and runs the main job on the embedded benchmark
 #   make test   installs the dev extras and runs the test suite
-#   make benchmark   the default comparison per shift, 3 seeds, demo preset (about 100 min on 2 CPU cores), then compare
+#   make benchmark   the default comparison per shift, 3 seeds, demo preset (69 min from scratch on 2 idle CPU cores), then compare
 # torch is installed first, pinned: an unpinned torch would pull several GB of CUDA packages.
 PY ?= python3
 VENV ?= .venv
