@@ -10,6 +10,8 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= data/demo
 DEMO_SEED ?= 0
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): 2 for the 2-core CI machine; 0 runs the suite in one process
+TEST_JOBS ?= 2
 BENCHMARK_ARGS ?=
 
 .PHONY: install dev test test-fast demo benchmark bench clean
@@ -32,10 +34,10 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
 test: dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 test-fast: dev
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	bash scripts/demo.sh $(BIN) $(DEMO_DIR) $(DEMO_SEED)

@@ -252,16 +252,16 @@ def matrix_methods(matrix: str, shifts: list[str], chosen=None) -> dict[str, lis
 
 # Rough minutes of one run at one torch thread on the demo preset, by config (a config not named
 # here: by command), measured on this 2-core machine two runs at a time with nothing else running
-# (the median of the idle default and labels matrices, session 7; README, "Wall time"). The
-# methods outside those matrices (WS-CDA, RegDA, UDA-Animal, UniFrame, CC-SSL-R) were timed beside
-# other work, so theirs are high. How a preset's data scales them; generating: the first folder of
-# a shift set (every domain), then one more shift (its target only, the source shared through
-# --source-from), on every core.
+# (the median of the idle default and labels matrices, session 7; README, "Wall time"; WS-CDA,
+# PPLO, RegDA, UDA-Animal, UniFrame and ScarceNet: the idle toy-demo-methods runs, session 8).
+# CC-SSL-R was timed beside other work, so its figure is high. How a preset's data scales them;
+# generating: the first folder of a shift set (every domain), then one more shift (its target only,
+# the source shared through --source-from), on every core.
 MINUTES = {"pretrain": 3.0, "finetune": 1.0, "adapt": 2.5, "evaluate": 0.2,
            "pretrain_hg": 3.0, "oracle_hg": 1.0, "source_only_ext_hg": 1.1, "ccssl_r_hg": 2.0,
-           "plain_pl_hg": 2.3, "ccssl_hg": 2.9, "mean_teacher_hg": 2.1, "wscda_hg": 4.0, "wscda_pplo_hg": 5.0,
+           "plain_pl_hg": 2.3, "ccssl_hg": 2.9, "mean_teacher_hg": 2.1, "wscda_hg": 1.4, "wscda_pplo_hg": 2.7,
            "ccssl_no_invariance_hg": 2.7, "ccssl_no_equivariance_hg": 2.7, "ccssl_no_temporal_hg": 3.4,
-           "scarcenet_hg": 2.8, "regda_hg": 3.8, "uda_animal_hg": 3.1, "uniframe_hg": 2.1}
+           "scarcenet_hg": 3.0, "regda_hg": 2.7, "uda_animal_hg": 3.2, "uniframe_hg": 2.5}
 GENERATE_MINUTES = {"first": 1.2, "more": 0.3}  # core-minutes
 PRESET_SCALE = {"tiny": 0.05, "demo": 1.0, "benchmark": 5.0}
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny embedded benchmark generated once per test session."""
 
 import dataclasses
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# the machine's cores shared between pytest-xdist's workers (make test runs 2 on the 2-core CI machine)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")

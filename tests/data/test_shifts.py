@@ -132,13 +132,17 @@ def test_same_seed_same_bytes_under_a_shift(shifted):
 
 def test_source_is_what_it_was_before_the_shift_knobs():
     """Pinned: source samples 1 and 5 of seed 0 as rendered before the shift knobs existed (the
-    new knobs draw nothing at their source value, so the source's random stream is untouched)."""
-    pinned = {1: ("44eb3283dcf56b84c8b542d67b77ec99", "86687aa577aad47cddd396d2b8567e34"),
-              5: ("179270ee58f14577486c9bab8c062d22", "f6b099fa1219cd677cef410cb43f2d62")}
+    new knobs draw nothing at their source value, so the source's random stream is untouched).
+
+    The pixels must match exactly; the vertices to 1e-9 px: their last bits depend on the BLAS
+    kernel numpy's OpenBLAS picks for the CPU (an AVX-512 machine, or OPENBLAS_CORETYPE=Prescott,
+    gives other raw bits than the machine these were pinned on, and the same rounded ones)."""
+    pinned = {1: ("44eb3283dcf56b84c8b542d67b77ec99", "75586f3395b9735b1ab4ffcd06e36638"),
+              5: ("179270ee58f14577486c9bab8c062d22", "a326974a3c3b9bf78428b1a1e9404d78")}
     for i, (pixels, kpts) in pinned.items():
         image, vertices, _ = domains.source_sample(sample_rng(0, "source", i), SOURCE)
         assert hashlib.sha256(image.tobytes()).hexdigest()[:32] == pixels
-        assert hashlib.sha256(np.asarray(vertices, np.float64).tobytes()).hexdigest()[:32] == kpts
+        assert hashlib.sha256(np.round(np.asarray(vertices, np.float64), 9).tobytes()).hexdigest()[:32] == kpts
 
 
 def test_source_from_links_the_same_bytes(shifted, tmp_path):
