@@ -7,7 +7,8 @@
 
 Every grid point is one ``da-pose`` run (``<sweep>_p<i>``) in one MLflow experiment, tagged by its
 settings through its params; a point already FINISHED is not run again (resumable). The score of
-a point is the last logged ``target_val/pck@0.05_crop/mean`` of its run (the reported model's).
+a point is the last logged ``target_val/pck@0.05_crop/mean`` of its run (the reported model's); of
+points with the same best score, the first in grid order is chosen.
 The table printed and written to ``<out>/sweep.md`` shows the val score only: the test split is
 not looked at. ``--write`` saves the chosen point as a YAML of the base config's keys plus the
 chosen values and ``settings: target_val`` (and ``train.selection`` as given), with a header

@@ -42,9 +42,8 @@ REPRODUCE = {
         "Reproduce (one experiment, store `methods.db`, run in this order): `python scripts/benchmark.py "
         "--experiment toy-demo-methods --tracking-uri sqlite:///methods.db --shifts all pose context --methods "
         "source_only oracle source_only_ext plain_pl`; the same with `--shifts all --methods wscda wscda_pplo`; "
-        "with `--shifts pose context --methods uniframe uda_animal scarcenet regda`; with `--backbone resnet18 "
-        "--shifts all --methods source_only oracle source_only_ext plain_pl mean_teacher uniframe uda_animal "
-        "scarcenet regda`; then `python scripts/update_readme_results.py --experiment toy-demo-methods "
+        "with `--shifts pose context --methods uniframe uda_animal scarcenet regda`; with `--shifts pose context "
+        "--methods ccssl mean_teacher`; then `python scripts/update_readme_results.py --experiment toy-demo-methods "
         "--tracking-uri sqlite:///methods.db --block methods-per-shift --by shift`."
     ),
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels --tracking-uri sqlite:///labels.db` (a "
