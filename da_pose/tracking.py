@@ -243,6 +243,10 @@ class MlflowTracker:
             self.mark_dead_runs()
             all_tags = {**environment_tags((tags or {}).get("command", "")), **(tags or {})}
             if run_id:
+                if self._call(self.client.get_run, run_id).info.lifecycle_stage == "deleted":
+                    raise TrackingError(
+                        f"cannot resume run '{run_name}': its MLflow run {run_id} is deleted in {uri}; restore it "
+                        f"(mlflow runs restore --run-id {run_id}) or start afresh (--resume no, or another name)")
                 self._call(self.client.update_run, run_id, status="RUNNING")
                 self.run_id = run_id
                 self.set_tags({"pid": str(os.getpid()), "resumed": "true"})

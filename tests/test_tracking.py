@@ -34,6 +34,22 @@ def test_sqlite_store_round_trip(tmp_path):
     again.end("FINISHED")
 
 
+def test_resuming_a_deleted_run_says_so_and_leaves_it_deleted(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    tr = MlflowTracker(uri, "exp", "run-a")
+    tr.end("KILLED")
+    client = MlflowClient(uri)
+    client.delete_run(tr.run_id)
+    with pytest.raises(TrackingError) as exc:
+        MlflowTracker(uri, "exp", "run-a", run_id=tr.run_id)
+    msg = str(exc.value)
+    assert "\n" not in msg and f"run {tr.run_id} is deleted" in msg and "mlflow runs restore" in msg
+    run = client.get_run(tr.run_id)  # nothing was written to it
+    assert run.info.lifecycle_stage == "deleted" and run.info.status == "KILLED" and "resumed" not in run.data.tags
+
+
 def test_unreachable_server_fails_fast():
     t0 = time.perf_counter()
     with pytest.raises(TrackingError, match="unreachable"):
