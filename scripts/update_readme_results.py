@@ -43,7 +43,9 @@ REPRODUCE = {
         "--experiment toy-demo-methods --tracking-uri sqlite:///methods.db --shifts all pose context --methods "
         "source_only oracle source_only_ext plain_pl`; the same with `--shifts all --methods wscda wscda_pplo`; "
         "with `--shifts pose context --methods uniframe uda_animal scarcenet regda`; with `--shifts pose context "
-        "--methods ccssl mean_teacher`; then `python scripts/update_readme_results.py --experiment toy-demo-methods "
+        "--methods ccssl mean_teacher`; the ResNet-18 rows (seed 0): with `--backbone resnet18 --shifts all --seeds 0 "
+        "--methods source_only oracle source_only_ext plain_pl mean_teacher uniframe uda_animal scarcenet regda` "
+        "(the rows that finished); then `python scripts/update_readme_results.py --experiment toy-demo-methods "
         "--tracking-uri sqlite:///methods.db --block methods-per-shift --by shift`."
     ),
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels --tracking-uri sqlite:///labels.db` (a "
