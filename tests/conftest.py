@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny embedded benchmark generated once per test session."""
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 from contextlib import contextmanager
@@ -12,6 +13,15 @@ import torch
 # the machine's cores shared between pytest-xdist's workers (make test runs 2 on the 2-core CI machine)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+
+def load_script(relpath: str):
+    """A script of the repository (``scripts/bench/run_history.py``) imported as a module."""
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")

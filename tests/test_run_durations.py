@@ -1,20 +1,12 @@
 """scripts/bench/run_durations.py: configs from run names, durations from a real MLflow store."""
 
-import importlib.util
-from pathlib import Path
-
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import fresh_store
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import fresh_store, load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("run_durations", ROOT / "scripts" / "bench" / "run_durations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/bench/run_durations.py")
 
 
 def test_config_drops_the_seed_and_the_shift():

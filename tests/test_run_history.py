@@ -1,21 +1,13 @@
 """scripts/bench/run_history.py: metric histories of named runs from a real MLflow store."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import fresh_store
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import fresh_store, load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("run_history", ROOT / "scripts" / "bench" / "run_history.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/bench/run_history.py")
 
 
 def test_histories_in_step_order_for_matching_finished_runs(tmp_path, mlflow_template, capsys):
