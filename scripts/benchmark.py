@@ -222,11 +222,12 @@ def labelled_entry(table: dict, method: str, labels_init: str = "floor") -> tupl
         after = [floor]
     return name.replace(f"{base}_", f"{base}_l{tag}_", 1), command, config, sets, after
 # The default matrix (docs/shifts.md, "Running the comparison per shift"): chosen to fit 100 minutes
-# on 2 CPU cores. The shifts: two single shifts that pass the calibration rule and model different
-# phenomena (pose and viewpoint; clutter with limb-like distractors), and ``all``. On each: the
+# on 2 CPU cores. The shifts: three single shifts that pass the calibration rule and model different
+# phenomena (pose and viewpoint; clutter with limb-like distractors; the look, with the long shadows
+# of a low sun), and ``all``. On each: the
 # references and the pseudo-label methods; on ``all`` also the CC-SSL ablations. Every other method
 # (WS-CDA, PPLO, CC-SSL-R, RegDA, ...) and every other shift run with ``--matrix full``, or name them.
-DEFAULT_SHIFTS = ("pose", "context", "all")
+DEFAULT_SHIFTS = ("pose", "context", "appearance", "all")
 PER_SHIFT = ("source_only", "oracle", "source_only_ext", "plain_pl", "ccssl", "mean_teacher")
 # the three consistency terms (the curriculum ablation runs with --matrix full)
 ABLATIONS = ("ccssl_no_invariance", "ccssl_no_equivariance", "ccssl_no_temporal")
@@ -262,16 +263,23 @@ MINUTES = {"pretrain": 3.0, "finetune": 1.0, "adapt": 2.5, "evaluate": 0.2,
            "plain_pl_hg": 2.3, "ccssl_hg": 2.9, "mean_teacher_hg": 2.1, "wscda_hg": 1.4, "wscda_pplo_hg": 2.7,
            "ccssl_no_invariance_hg": 2.7, "ccssl_no_equivariance_hg": 2.7, "ccssl_no_temporal_hg": 3.4,
            "scarcenet_hg": 3.0, "regda_hg": 2.7, "uda_animal_hg": 3.2, "uniframe_hg": 2.5}
+# a ResNet-18 SimpleBaseline run against the same config's hourglass run: the median ratio of the
+# eight configs run with both backbones in toy-demo-methods (2.6-3.8; the mean teacher 1.6), from
+# `python scripts/bench/run_durations.py --experiment toy-demo-methods` (session 9)
+BACKBONE_SCALE = {"hourglass": 1.0, "resnet18": 2.8}
 GENERATE_MINUTES = {"first": 1.2, "more": 0.3}  # core-minutes
 PRESET_SCALE = {"tiny": 0.05, "demo": 1.0, "benchmark": 5.0}
 
 
 def run_minutes(job: Job, preset: str) -> float:
-    """Rough minutes of ``job`` at one thread on ``preset``."""
+    """Rough minutes of ``job`` at one thread on ``preset`` (its config's measured minutes, scaled
+    by the backbone a ``--set model.backbone=`` names and by the preset's data size)."""
     scale = PRESET_SCALE.get(preset, 1.0)
     kind = job.argv[0]
     config = next((Path(a).stem for a in job.argv if a.endswith(".yaml")), "")
     base = MINUTES.get(config, MINUTES.get(kind, 3.0))
+    backbone = next((a.split("=", 1)[1] for a in job.argv if a.startswith("model.backbone=")), "hourglass")
+    base *= BACKBONE_SCALE.get(backbone, 1.0)
     if kind == "adapt":  # the adaptation steps are fixed; the pseudo-labelling passes scale with the data
         return base * (0.6 + 0.4 * scale)
     return base * scale

@@ -152,7 +152,7 @@ def test_default_matrix_runs_the_ablations_on_all_only(bench):
 
 
 def test_shift_names_are_canonical_and_checked(bench):
-    assert bench.resolve_shifts(None) == list(bench.DEFAULT_SHIFTS) == ["pose", "context", "all"]
+    assert bench.resolve_shifts(None) == list(bench.DEFAULT_SHIFTS) == ["pose", "context", "appearance", "all"]
     assert bench.resolve_shifts(None, "full") == ["appearance", "context", "pose", "shape", "occlusion", "video", "all"]
     assert bench.resolve_shifts(["shape,pose", "pose,shape", "all"]) == ["pose,shape", "all"]
     assert bench.resolve_shifts(["none"]) is None
@@ -362,3 +362,13 @@ def test_local_submitit_launcher_waits_for_prerequisites_and_skips_finished_runs
     log = (logs / "oracle_hg_s0.log").read_text()
     assert "fake da-pose finetune" in log and "init=" in log and "experiment=e" in log
     assert (tmp_path / "runs" / "e" / "submitit").is_dir()
+
+
+def test_estimate_scales_with_the_backbone(bench):
+    """A ResNet-18 run is estimated at the measured multiple of the same config's hourglass run."""
+    hg = bench.Job("mean_teacher_hg_all_s0", ["adapt", "mean_teacher", "experiments/toy/mean_teacher_hg.yaml"])
+    r18 = bench.Job("mean_teacher_r18_all_s0", ["adapt", "mean_teacher", "experiments/toy/mean_teacher_hg.yaml",
+                                                "--set", "model.backbone=resnet18"])
+    assert bench.run_minutes(hg, "demo") == pytest.approx(bench.MINUTES["mean_teacher_hg"])
+    assert bench.run_minutes(r18, "demo") == pytest.approx(bench.BACKBONE_SCALE["resnet18"] * bench.run_minutes(hg, "demo"))
+    assert bench.BACKBONE_SCALE["resnet18"] > 1

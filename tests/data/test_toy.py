@@ -311,6 +311,39 @@ def test_near_side_legs_drawn_in_front_and_lighter(yaw, near):
     assert (body.side_depth(view) > 0) == (near == "right")
 
 
+def test_cast_shadow_runs_down_from_the_hooves_like_a_second_leg():
+    """A low sun behind the animal: each leg's shadow starts at its hoof and runs down (toward
+    the camera) by lean * height; nothing above the ground line darkens; opacity 0 is a no-op."""
+    figure = body.quadruped(body.QuadShape(), body.QuadPose(gait="trot", phase=0.25, stride=25.0))
+    view = _profile_view(0.0)
+    view = dataclasses.replace(view, ty=250.0)  # room below the hooves for the shadow
+    xy, _ = body.project(figure.points, view)
+    feet = [i for i, n in enumerate(figure.names) if n.endswith(("hoof", "toe"))]
+    ground = xy[feet, 1].max()
+    plain = np.full((480, 640, 3), 200.0, np.float32)
+    image = plain.copy()
+    render.cast_shadow(image, figure, view, lean=(0.0, 1.0), opacity=0.6)
+    darker = image[..., 0] < 199.0
+    reach = 0.05 * view.scale + 5  # a limb's shadow is as thick as the limb (radius <= 0.05), blurred
+    assert darker.any() and not darker[: int(ground - reach)].any()  # on the ground, not on the animal
+    # straight down (lean 0, 1): a knee's shadow is its mirror image in the ground line
+    knee = xy[body.Q["right_front_knee"]]
+    mirror = (int(round(knee[0])), int(round(2 * ground - knee[1])))
+    assert image[mirror[1], mirror[0], 0] == pytest.approx(200.0 * 0.4, abs=2)
+    assert image[int(round(knee[1])), int(round(knee[0])), 0] == 200.0  # the knee itself is untouched
+    same = plain.copy()
+    render.cast_shadow(same, figure, view, lean=(0.5, 0.8), opacity=0.0)
+    assert np.array_equal(same, plain)
+
+
+def test_low_sun_draws_nothing_when_off():
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert domains._low_sun(rng, SOURCE) is None and rng.bit_generator.state == state
+    lean, opacity = domains._low_sun(np.random.default_rng(3), dataclasses.replace(TARGET, cast_shadow=1.0))
+    assert 0.2 <= abs(lean[0]) <= 1.0 and 0.4 <= lean[1] <= 1.0 and 0.5 <= opacity <= 0.8
+
+
 def test_far_eye_hidden_in_profile_both_eyes_in_three_quarter_view():
     figure = body.quadruped(body.QuadShape(), body.QuadPose())
     left, right = body.Q["left_eye"], body.Q["right_eye"]

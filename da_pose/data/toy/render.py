@@ -157,6 +157,36 @@ def draw_figure(
     return label, ranks
 
 
+def cast_shadow(image: np.ndarray, figure: Figure, view: View, lean: tuple[float, float], opacity: float) -> None:
+    """Darken the ground where a low sun casts the figure's shadow, in place (drawn before the
+    figure, so the animal stays on top).
+
+    The ground is the horizontal line through the lowest hoof or toe; a point ``h`` pixels above it
+    casts its shadow ``lean[0] * h`` pixels sideways and ``lean[1] * h`` pixels down (the
+    ground plane seen at a shallow angle), so each leg's shadow is a dark limb-shaped band
+    that starts at its hoof and lies along the ground.
+    """
+    if opacity <= 0:
+        return
+    h, w = image.shape[:2]
+    xy, _ = project(figure.points, view)
+    feet = [i for i, name in enumerate(figure.names) if name.endswith(("hoof", "toe"))]
+    ground = xy[feet, 1].max() if feet else xy[:, 1].max()
+    height = np.maximum(ground - xy[:, 1], 0.0)
+    shadow = np.stack([xy[:, 0] + lean[0] * height, ground + lean[1] * height], axis=1)
+    mask = np.zeros((h, w), np.uint8)
+    for prim in figure.prims:
+        if prim.material == "eye" or len(prim.points) == 1:
+            continue
+        out = _prim_mask(prim, shadow, view.scale, (h, w))
+        if out is not None:
+            m, x0, y0 = out
+            roi = mask[y0: y0 + m.shape[0], x0: x0 + m.shape[1]]
+            np.maximum(roi, m, out=roi)
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)
+    image *= (1.0 - opacity * soft)[..., None]
+
+
 def hidden_by_label(
     xy: np.ndarray, owner_ranks: np.ndarray, label: np.ndarray
 ) -> np.ndarray:
