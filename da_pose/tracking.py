@@ -214,6 +214,26 @@ def check_reachable(uri: str) -> None:
             raise TrackingError(f"tracking store folder is not writable: {parent} (from {uri})")
 
 
+@contextmanager
+def first_use_lock(uri: str):
+    """Hold an exclusive lock on a SQLite store's folder (other URIs: nothing): MLflow creates and
+    migrates a new store's schema on first use, and two processes doing that at once leave one of
+    them with an error (``table _alembic_tmp_metrics already exists``). Held only while opening."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    fd = os.open(Path(uri[len("sqlite:///"):]).resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _default_artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):]).resolve()
@@ -237,8 +257,9 @@ class MlflowTracker:
         self._monitor = None
         self.lock_retries = 0  # SQLite lock errors retried (see retry_locked)
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            exp_id = self._experiment(experiment)
+            with first_use_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                exp_id = self._experiment(experiment)
             self.experiment_id = exp_id
             self.mark_dead_runs()
             all_tags = {**environment_tags((tags or {}).get("command", "")), **(tags or {})}

@@ -75,3 +75,27 @@ def test_dead_runs_are_marked_killed(tmp_path):
     assert client.get_run(run_id).info.status == "RUNNING"
     MlflowTracker(uri, "exp", "next").end()
     assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """MLflow migrates a new SQLite store on first use; without the first-use lock two processes
+    doing it at once leave one with 'table _alembic_tmp_... already exists'."""
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    go = tmp_path / "go"
+    code = ("import time, pathlib, sys; from da_pose.tracking import MlflowTracker; import mlflow.tracking\n"
+            f"pathlib.Path({str(tmp_path)!r}, 'ready' + sys.argv[1]).touch()\n"
+            f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+            f"t = MlflowTracker({uri!r}, 'exp', 'run' + sys.argv[1]); t.end(); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=os.getcwd()) for i in range(3)]
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("ready*"))) < 3 and time.monotonic() < deadline:  # all at the start line
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-300:] for _, err in outs]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["run0", "run1", "run2"]
