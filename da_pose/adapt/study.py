@@ -445,7 +445,9 @@ def run_study(checkpoint_path: str | os.PathLike, cfg: Config, records: Sequence
     md, paths = write_outputs(rows, out, title, info)
     paths.append(write_labels(labels, dataset.records, out / "labels.npz"))
     tags = {"command": "study pseudo-labels", "checkpoint": str(checkpoint_path), "data": s.spec,
-            "method": cfg.method, "backbone": cfg.model.backbone, **shift_tag(cfg.data.root)}
+            "method": cfg.method, "backbone": cfg.model.backbone,
+            # the shift of the data studied (``ROOT#domain``), not of the checkpoint's own training data
+            **shift_tag(str(s.spec).partition("#")[0])}
     run_id = _log_run(cfg, s, info, rows, paths, tags)
     if progress:
         print(f"\n{title}\n\n{md}\nwrote {out} (MLflow run {run_id}, experiment {s.experiment}) "

@@ -4,6 +4,8 @@ fractions, the accuracy against a direct computation, and the paired difference.
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -55,8 +57,16 @@ def test_study_command_end_to_end(study_ckpt, tiny_benchmark, tmp_path, mlflow_t
 
     uri = fresh_store(mlflow_template, tmp_path / "study.db")
     out = tmp_path / "study"
+    # the studied folder is another shift than the checkpoint's training data (tiny_benchmark, `all`):
+    # a copy whose manifest says `pose`; the run's shift tag must follow the data studied
+    studied = tmp_path / "pose_copy"
+    shutil.copytree(tiny_benchmark, studied)
+    meta = json.loads((studied / "manifest.json").read_text())
+    assert meta["gap"]["shifts"] == ["all"]
+    meta["gap"]["shifts"] = ["pose"]
+    (studied / "manifest.json").write_text(json.dumps(meta))
     code, stdout, err = call(["study", "pseudo-labels", "--checkpoint", str(study_ckpt), "--data",
-                              f"{tiny_benchmark}#target", "--out", str(out), "--tracking-uri", uri, "--draws", "200",
+                              f"{studied}#target", "--out", str(out), "--tracking-uri", uri, "--draws", "200",
                               "--experiment", "study-test", "--set", "ccssl.num_transforms=2"], capsys)
     assert code == 0, err
     for name in ("study.md", "study.csv", "study.png", "study.json", "labels.npz"):
@@ -66,7 +76,7 @@ def test_study_command_end_to_end(study_ckpt, tiny_benchmark, tmp_path, mlflow_t
     assert len(rows) == len(VARIANTS) * 2 * 4
 
     # every accuracy equals a direct computation from the written labels and the records
-    records = manifest.load_domain(tiny_benchmark, "target", "train")
+    records = manifest.load_domain(studied, "target", "train")
     labels = np.load(out / "labels.npz")
     assert list(labels["images"]) == [str(r.image_path) for r in records]
     for row in rows:
@@ -89,6 +99,7 @@ def test_study_command_end_to_end(study_ckpt, tiny_benchmark, tmp_path, mlflow_t
     (found,) = client.search_runs([exp.experiment_id])
     assert found.info.status == "FINISHED"
     assert found.data.tags["command"] == "study pseudo-labels"
+    assert found.data.tags["shift"] == "pose"  # was the checkpoint's `all` (a bug)
     assert found.data.params["ccssl.num_transforms"] == "2"
     assert found.data.metrics[mlflow_key("study/identity/max/acc@40")] == pytest.approx(
         float(next(r for r in rows if r["variant"] == "identity" and r["kept %"] == "40.0")["accuracy"]))
