@@ -402,8 +402,8 @@ def target_shot(
 
 
 # the low sun's shadows (style.cast_shadow): how far down they run per px of height above the
-# ground, and how dark they are; the second calibration values (docs/shifts.md; the first,
-# (0.4, 1.0) and (0.5, 0.8), left the appearance gap at 10.3 points)
+# ground, and how dark they are; the final values of the third calibration round (docs/shifts.md;
+# (0.4, 1.0) and (0.5, 0.8) before them left the appearance gap at 10.3 points)
 LEAN_DOWN, OPACITY = (0.5, 1.1), (0.6, 0.9)
 
 

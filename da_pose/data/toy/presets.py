@@ -193,8 +193,8 @@ TARGET = Style(
     passers=0.6,
     frame_drop=0.08,
     frame_repeat=0.08,
-    # appearance, second calibration: shot against a low sun, the legs' shadows run down from the
-    # hooves like dark second legs; the look alone left no gap (docs/shifts.md)
+    # appearance, third calibration round: shot against a low sun, the legs' shadows run down from
+    # the hooves like dark second legs; the look alone left no gap (docs/shifts.md)
     cast_shadow=1.0,
 )
 

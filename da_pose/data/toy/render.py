@@ -162,9 +162,9 @@ def cast_shadow(image: np.ndarray, figure: Figure, view: View, lean: tuple[float
     figure, so the animal stays on top).
 
     The ground is the horizontal line through the lowest hoof or toe; a point ``h`` pixels above it
-    casts its shadow ``lean[0] * h`` pixels sideways and ``lean[1] * h`` pixels down (the
-    ground plane seen at a shallow angle), so each leg's shadow is a dark limb-shaped band
-    that starts at its hoof and lies along the ground.
+    casts its shadow ``lean[0] * h`` pixels sideways and ``lean[1] * h`` pixels down (toward
+    the camera on the ground plane), so each leg's shadow is a dark limb-shaped band that starts
+    at its hoof; with a large downward lean (the sun behind the animal) it looks like a second leg.
     """
     if opacity <= 0:
         return
