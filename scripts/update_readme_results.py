@@ -31,7 +31,9 @@ REPRODUCE = {
     "shift-benchmark": (
         'Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `appearance`, `all`, 3 seeds) '
         'in a fresh clone; the calibration rows of `shape` and `occlusion`: `python scripts/benchmark.py '
-        '--matrix calibration --shifts all shape occlusion --jobs 1`; then `python '
+        '--matrix calibration --shifts all shape occlusion --jobs 1`; WS-CDA, PPLO and the newer methods on '
+        '`all`: `python scripts/benchmark.py --shifts all --methods wscda wscda_pplo uniframe uda_animal '
+        'scarcenet regda`; then `python '
         'scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark --by '
         'shift`.'
     ),
