@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from da_pose import __version__
-from da_pose.errors import DaPoseError
+from da_pose.errors import run_script
 
 
 def _config_overrides(sets, tracking_uri, seed, device, resume) -> list[str]:
@@ -314,29 +314,21 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n")) or type(exc).__name__
-
-
 def _run(argv) -> None:
-    try:
-        cli.main(args=argv, prog_name="da-pose", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except DaPoseError as exc:
-        click.echo(f"error: {_one_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"error: {where}{exc.strerror or _one_line(exc)}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    def invoke() -> int:
+        try:
+            cli.main(args=argv, prog_name="da-pose", standalone_mode=False)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            return 130
+        except click.ClickException as exc:
+            exc.show()
+            return exc.exit_code
+        return 0
+
+    code = run_script(invoke)
+    if code:
+        sys.exit(code)
 
 
 def main(argv=None) -> None:

@@ -31,3 +31,27 @@ class TrackingError(DaPoseError):
 
 class TrainingError(DaPoseError):
     """Training cannot go on (a NaN or infinite loss, say); the last good checkpoint is kept."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split("\n")) or type(exc).__name__
+
+
+def run_script(main, *args) -> int:
+    """Run a script's ``main(*args)`` the way the CLI runs a command: a project error or an
+    OSError becomes one ``error:`` line on stderr and its exit code (2 for config, else 1)."""
+    import sys
+
+    try:
+        return main(*args)
+    except DaPoseError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from da_pose.adapt import METHODS as ADAPTATION_METHODS
 from da_pose.config import BASELINES
+from da_pose.errors import run_script
 from da_pose.data.toy.presets import SHIFTS, parse_shifts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -728,4 +729,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

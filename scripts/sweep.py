@@ -28,6 +28,9 @@ from pathlib import Path
 
 import yaml
 
+from da_pose.config import load_config
+from da_pose.errors import ConfigError, run_script
+
 SCORE = "target_val/pck@0.05_crop/mean"
 
 
@@ -79,11 +82,30 @@ def score_of(run) -> float | None:
     return None if value is None else float(value)
 
 
+def overrides_for(args, point: dict, name: str) -> list[str]:
+    """The ``key=value`` overrides of one grid point's run."""
+    return [*args.set, f"experiment={args.experiment}", f"name={name}", f"train.selection={args.selection}",
+            *(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in point.items())]
+
+
+def check_points(args, plan: list[tuple[str, dict]]) -> None:
+    """Load every point's config before any run starts, so that a mistyped key or a bad value
+    is one error now rather than a failed run per point.
+
+    Raises:
+        ConfigError: the base YAML or a point's overrides do not make a valid config.
+    """
+    for name, point in plan:
+        try:
+            load_config(Path(args.config), overrides_for(args, point, name))
+        except ConfigError as exc:
+            raise ConfigError(f"sweep point {name} {point}: {exc}") from None
+
+
 def command_for(args, point: dict, name: str) -> list[str]:
     cmd = [sys.executable, "-m", "da_pose", "--threads", str(args.threads), *args.command.split(), args.config,
            "--resume", "auto", "--tracking-uri", args.tracking_uri]
-    for item in [*args.set, f"experiment={args.experiment}", f"name={name}", f"train.selection={args.selection}",
-                 *(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in point.items())]:
+    for item in overrides_for(args, point, name):
         cmd += ["--set", item]
     return cmd
 
@@ -150,6 +172,7 @@ def main(argv=None) -> int:
         raise SystemExit("no --grid given: nothing to sweep")
     prefix = args.name or args.experiment
     plan = [(f"{prefix}_p{i}", p) for i, p in enumerate(points(grid))]
+    check_points(args, plan)
     done = {} if args.dry_run else finished_runs(args.tracking_uri, args.experiment)
     out = Path(args.out or Path("runs") / args.experiment / "sweep")
     todo = []
@@ -190,4 +213,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -163,6 +163,17 @@ def test_shift_names_are_canonical_and_checked(bench):
         bench.resolve_shifts(["weather"])
 
 
+def test_a_bad_option_is_one_error_line_from_the_script(tmp_path):
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--shifts", "weather", "--dry-run",
+                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown shift weather; valid: appearance")
+    assert "Traceback" not in out.stderr
+
+
 def test_dry_run_prints_the_plan_and_an_estimate(bench, tmp_path, mlflow_template, capsys):
     uri = fresh_store(mlflow_template, tmp_path / "mlruns.db")
     rc = bench.main(["--dry-run", "--matrix", "calibration", "--shifts", "pose", "shape", "--seeds", "0",

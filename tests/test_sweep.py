@@ -35,6 +35,20 @@ def test_grid_parsing_and_points():
     assert "ccssl.keep_schedule=[0.2, 0.4]" in cmd
 
 
+def test_a_bad_grid_key_or_value_is_one_error_before_any_run(tmp_path, capsys):
+    from da_pose.errors import ConfigError, run_script
+
+    sweep = load_sweep()
+    base = ["experiments/toy/ccssl_hg.yaml", "--command", "adapt ccssl", "--experiment", "s",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--out", str(tmp_path / "sweep")]
+    with pytest.raises(ConfigError, match=r"sweep point s_p0 \{'train.bogus': 1\}: unknown config key 'train.bogus'"):
+        sweep.main([*base, "--grid", "train.bogus=1,2"])
+    assert run_script(sweep.main, [*base, "--grid", "train.lr=0.1,abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sweep point s_p1 {'train.lr': 'abc'}: train.lr: expected a number") and err.count("\n") == 1
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "mlruns.db").exists()
+
+
 @pytest.mark.slow
 def test_sweep_runs_points_chooses_on_target_val_and_resumes(tiny_benchmark, tmp_path, capsys):
     sweep = load_sweep()
