@@ -263,7 +263,7 @@ def download(ref: str, dst: Path, tracking_uri: str) -> Path:
     """
     from da_pose.tracking import check_reachable
 
-    check_reachable(tracking_uri)  # an unreachable server is the usual one-line error
+    check_reachable(tracking_uri, must_exist=True)  # an unreachable server or a missing store: one line
     if not ref.rstrip("/").endswith(CHECKPOINT_SUFFIXES):
         try:  # an MLflow model: only its MLmodel file, not its weights
             meta_dir = _download(ref.rstrip("/") + "/MLmodel", dst / "meta", tracking_uri).parent

@@ -193,7 +193,9 @@ class NullTracker:
         pass
 
 
-def check_reachable(uri: str) -> None:
+def check_reachable(uri: str, must_exist: bool = False) -> None:
+    """A one-line error for a store that cannot be used; ``must_exist`` (commands that only read):
+    a missing SQLite file is an error, not a new empty store made by a typo."""
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -212,6 +214,9 @@ def check_reachable(uri: str) -> None:
             raise TrackingError(f"tracking store folder does not exist: {parent} (from {uri})")
         if not os.access(parent, os.W_OK):
             raise TrackingError(f"tracking store folder is not writable: {parent} (from {uri})")
+        if must_exist and not db.is_file():
+            raise TrackingError(f"no MLflow store at {db} (from {uri}); expected the --tracking-uri the runs "
+                                "were logged to")
 
 
 @contextmanager

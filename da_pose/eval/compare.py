@@ -38,7 +38,7 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
     Each run: ``{"run_id", "name", "method", "backbone", "seed", "status", "metrics": {name: value}}``
     with metric names as the project writes them (``pck@0.05_crop/...``, prefix removed).
     """
-    check_reachable(tracking_uri)
+    check_reachable(tracking_uri, must_exist=True)
     from mlflow.tracking import MlflowClient
 
     try:
