@@ -20,6 +20,7 @@ import tempfile
 from da_pose.eval.compare import compare_markdown, fetch_per_image, paired_interval, summarize_experiment
 from da_pose.adapt.study import study_summary
 from da_pose.eval.labels_curve import write_labels
+from da_pose.errors import run_script
 
 REPRODUCE = {
     "shift-calibration": "Reproduce: `python scripts/benchmark.py --matrix calibration --preset demo --seeds 0 "
@@ -45,8 +46,8 @@ REPRODUCE = {
         '`all`: `python scripts/benchmark.py --shifts all --methods uniframe uda_animal regda scarcenet`; '
         'the ResNet-18 rows: `python scripts/benchmark.py --backbone resnet18 --shifts all --methods '
         'source_only oracle source_only_ext plain_pl ccssl` (its settings: docs/results.md); then `python '
-        'scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark-v1 --by '
-        'shift`.'
+        'scripts/update_readme_results.py --readme docs/history.md --experiment toy-demo-shifts --block '
+        'shift-benchmark-v1 --by shift`.'
     ),
     "methods-per-shift": (
         "Reproduce (one experiment, store `methods.db`, run in this order): `python scripts/benchmark.py "
@@ -57,6 +58,12 @@ REPRODUCE = {
         "--methods source_only oracle source_only_ext plain_pl mean_teacher uniframe uda_animal scarcenet regda` "
         "(the rows that finished); then `python scripts/update_readme_results.py --experiment toy-demo-methods "
         "--tracking-uri sqlite:///methods.db --block methods-per-shift --by shift`."
+    ),
+    "r18-all": (
+        "Reproduce (a fresh clone, store and data folder): `python scripts/benchmark.py --backbone resnet18 "
+        "--shifts all --experiment toy-demo-r18 --methods source_only oracle source_only_ext plain_pl ccssl "
+        "mean_teacher scarcenet uda_animal uniframe regda --tracking-uri sqlite:///mlruns.db`, then `python "
+        "scripts/update_readme_results.py --experiment toy-demo-r18 --block r18-all --by shift`."
     ),
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels --tracking-uri sqlite:///labels.db` (a "
               "fresh clone, data folder and store), then `python scripts/update_readme_results.py --experiment "
@@ -82,7 +89,8 @@ REPRODUCE = {
                    "toy-demo-3seeds\"` (the hourglass rows), `python scripts/benchmark.py --preset demo --data "
                    "data/demo --experiment toy-demo-3seeds --backbone resnet18 --seeds 0 --methods source_only oracle "
                    "ccssl wscda wscda_pplo source_only_ext` (the resnet18 rows), then `python "
-                   "scripts/update_readme_results.py --experiment toy-demo-3seeds --block demo-3seeds`.",
+                   "scripts/update_readme_results.py --readme docs/history.md --experiment toy-demo-3seeds --block "
+                   "demo-3seeds`.",
 }
 
 
@@ -171,4 +179,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))
