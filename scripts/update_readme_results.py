@@ -20,7 +20,8 @@ import tempfile
 from da_pose.eval.compare import compare_markdown, fetch_per_image, paired_interval, summarize_experiment
 from da_pose.adapt.study import study_summary
 from da_pose.eval.labels_curve import write_labels
-from da_pose.errors import run_script
+from da_pose.errors import DaPoseError, run_script
+from da_pose.tracking import check_reachable
 
 REPRODUCE = {
     "shift-calibration": "Reproduce: `python scripts/benchmark.py --matrix calibration --preset demo --seeds 0 "
@@ -99,16 +100,17 @@ def render_study(experiment: str, tracking_uri: str) -> str:
     group per shift tag (the newest FINISHED run of each), as one table."""
     from mlflow.tracking import MlflowClient
 
+    check_reachable(tracking_uri, must_exist=True)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"no experiment '{experiment}' at {tracking_uri}")
+        raise DaPoseError(f"no MLflow experiment '{experiment}' in {tracking_uri}")
     newest = {}
     for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=1000):
         newest.setdefault(run.data.tags.get("shift", run.data.tags.get("data", "?")), run)
     if not newest:
-        raise SystemExit(f"experiment '{experiment}' has no finished study run")
+        raise DaPoseError(f"experiment '{experiment}' has no finished study run")
     runs = [(label, newest[label].data.metrics) for label in sorted(newest)]
     first = next(iter(newest.values())).data
     header = (f"Kept-label accuracy of one source model's pseudo-labels on target train (PCK@0.05 crop, %) "
@@ -143,7 +145,7 @@ def render(experiment: str, tracking_uri: str, block: str, reference: str = "pla
 def replace_block(readme: str, block: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- results:{block} start -->\n)(.*?)(<!-- results:{block} end -->)", re.S)
     if not pattern.search(readme):
-        raise SystemExit(f"README has no '<!-- results:{block} start/end -->' markers")
+        raise DaPoseError(f"README has no '<!-- results:{block} start/end -->' markers")
     return pattern.sub(lambda m: m.group(1) + body + m.group(3), readme)
 
 
