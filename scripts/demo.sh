@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded benchmark (called by `make demo`): generate the demo preset, look
 # at it, pretrain on the synthetic source, adapt with CC-SSL, WS-CDA and WS-CDA + PPLO, compare
-# in MLflow. About 9 minutes on 2 idle CPU cores after the install (README "Results").
+# in MLflow. Its measured time is in the README ("`make demo`" under "Results").
 # Re-running continues finished or interrupted runs (--resume auto) instead of starting over.
 set -euo pipefail
 BIN=${1:-.venv/bin}
