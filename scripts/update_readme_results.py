@@ -85,6 +85,11 @@ REPRODUCE = {
              "--checkpoint runs/toy-demo-shifts/pretrain_hg_s0/last.pt --data \"data/demo-shifts/S#target\" --unit "
              "video --out runs/study/S` (the source model and data of `make benchmark`), then `python "
              "scripts/update_readme_results.py --experiment pseudo-label-study --block study --by study`.",
+    "study-r18": "Reproduce: `da-pose --threads 1 study pseudo-labels --checkpoint "
+                 "runs/toy-demo-r18/pretrain_r18_s0/last.pt --data \"data/demo-shifts/all#target\" --unit video --out "
+                 "runs/study-r18/all --experiment pseudo-label-study-r18` (the seed-0 ResNet-18 source model of the "
+                 "block above), then `python scripts/update_readme_results.py --experiment pseudo-label-study-r18 "
+                 "--block study-r18 --by study`.",
     "demo": "Reproduce: `make demo` (or `bash scripts/demo.sh`), then "
             "`python scripts/update_readme_results.py --experiment toy-demo --block demo`.",
     "benchmark": "Reproduce: `make benchmark`, then "
