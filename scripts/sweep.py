@@ -44,7 +44,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
-            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. train.lr=1e-4,1e-3)")
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. train.lr=1e-4,1e-3)")
         grid[key.strip()] = [_value(v) for v in values.split(";" if ";" in values else ",")]
     return grid
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     grid = parse_grid(args.grid)
     if not grid:
-        raise SystemExit("no --grid given: nothing to sweep")
+        raise ConfigError("no --grid given: nothing to sweep")
     prefix = args.name or args.experiment
     plan = [(f"{prefix}_p{i}", p) for i, p in enumerate(points(grid))]
     check_points(args, plan)

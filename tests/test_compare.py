@@ -93,7 +93,6 @@ def test_missing_experiment_is_a_clear_error(store):
         jobs.collect_runs("nope", uri)
 
 
-
 def test_a_missing_store_is_an_error_and_is_not_created(tmp_path):
     from da_pose.errors import TrackingError
 

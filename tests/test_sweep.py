@@ -24,7 +24,9 @@ def test_grid_parsing_and_points():
     grid = sweep.parse_grid(["train.lr=1e-4,0.001", "ccssl.gamma=1,10"])
     assert grid == {"train.lr": [1e-4, 0.001], "ccssl.gamma": [1, 10]}
     assert sweep.points(grid)[1] == {"train.lr": 1e-4, "ccssl.gamma": 10} and len(sweep.points(grid)) == 4
-    with pytest.raises(SystemExit, match="expected KEY=V1,V2"):
+    from da_pose.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
         sweep.parse_grid(["train.lr"])
     lists = sweep.parse_grid(["ccssl.keep_schedule=[0.2,0.2];[0.2,0.4]"])
     assert lists == {"ccssl.keep_schedule": [[0.2, 0.2], [0.2, 0.4]]}
@@ -39,7 +41,7 @@ def test_a_bad_grid_key_or_value_is_one_error_before_any_run(tmp_path, capsys):
     from da_pose.errors import ConfigError, run_script
 
     sweep = load_sweep()
-    base = ["experiments/toy/ccssl_hg.yaml", "--command", "adapt ccssl", "--experiment", "s",
+    base = [str(ROOT / "experiments" / "toy" / "ccssl_hg.yaml"), "--command", "adapt ccssl", "--experiment", "s",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--out", str(tmp_path / "sweep")]
     with pytest.raises(ConfigError, match=r"sweep point s_p0 \{'train.bogus': 1\}: unknown config key 'train.bogus'"):
         sweep.main([*base, "--grid", "train.bogus=1,2"])
