@@ -18,6 +18,7 @@ from da_pose.data.toy.presets import (
     PRESET_KNOBS,
     SHIFT_NAMES,
     SHIFTS,
+    SHIFT_TARGET,
     SOURCE,
     STEADY_ZOOM,
     TARGET,
@@ -71,11 +72,11 @@ def test_a_shift_moves_only_its_own_knobs(shift):
     style = effective_target(p)
     own = set(SHIFTS[shift])
     for knob in STYLE_KNOBS:
-        expected = getattr(TARGET, knob) if knob in own else getattr(SOURCE, knob)
+        expected = getattr(SHIFT_TARGET, knob) if knob in own else getattr(SOURCE, knob)
         assert getattr(style, knob) == expected, knob
     # it does move the target: every one of its knobs where the two sides differ
     moved = [k for k in own - set(PRESET_KNOBS) if getattr(style, k) != getattr(SOURCE, k)]
-    assert moved and set(moved) == {k for k in own - set(PRESET_KNOBS) if getattr(TARGET, k) != getattr(SOURCE, k)}
+    assert moved and set(moved) == {k for k in own - set(PRESET_KNOBS) if getattr(SHIFT_TARGET, k) != getattr(SOURCE, k)}
     assert effective_zoom(p) == (TINY.zoom if shift == "video" else STEADY_ZOOM)
 
 
@@ -83,8 +84,13 @@ def test_all_is_the_full_target_and_combinations_add_up():
     assert effective_target(TINY) == TARGET and effective_zoom(TINY) == TINY.zoom  # the default
     both = effective_target(dataclasses.replace(TINY, shifts=parse_shifts("shape,pose")))
     for knob in STYLE_KNOBS:
-        side = TARGET if knob in SHIFTS["pose"] + SHIFTS["shape"] else SOURCE
+        side = SHIFT_TARGET if knob in SHIFTS["pose"] + SHIFTS["shape"] else SOURCE
         assert getattr(both, knob) == getattr(side, knob), knob
+    # a named shift's own strength differs from all's only in the fourth round's knobs
+    differ = {k for k in STYLE_KNOBS if getattr(SHIFT_TARGET, k) != getattr(TARGET, k)}
+    assert differ == {"companions", "truncation", "shutter", "skew"}
+    assert {"companions"} < set(SHIFTS["context"]) and {"shutter", "skew"} < set(SHIFTS["video"])
+    assert all(getattr(TARGET, k) in (0.0, (0.0, 0.0)) for k in ("companions", "shutter", "skew"))
     assert parse_shifts("video, pose,video") == ("pose", "video") and parse_shifts("pose,all") == ("all",)
 
 
@@ -211,3 +217,67 @@ def test_video_knobs_drop_repeat_and_shake():
     shaky = domains.target_shot(sample_rng(0, "target", 1), dataclasses.replace(SOURCE, shake=3.0), 2, (160, 120))
     both = (steady.visibility > 0) & (shaky.visibility > 0)
     assert both.any() and not np.allclose(steady.coords[both], shaky.coords[both])
+
+
+def _shot(style: Style, index: int = 2, frames: int = 2):
+    return domains.target_shot(sample_rng(0, "target", index), style, frames, (240, 180))
+
+
+def test_companion_behind_changes_the_picture_not_the_labels():
+    """Another animal of the herd walks behind (context): drawn first and never labelled, it
+    leaves the animal's landmarks and their visibility as they are without it; off, it draws no
+    random number."""
+    rng = np.random.default_rng(5)
+    state = rng.bit_generator.state
+    assert domains._companion(rng, SOURCE, (0.0, 0.1), np.zeros(4)) is None
+    assert rng.bit_generator.state == state
+    alone, herd = _shot(SOURCE), _shot(dataclasses.replace(SOURCE, companions=1.0))
+    assert np.array_equal(alone.coords, herd.coords) and np.array_equal(alone.visibility, herd.visibility)
+    assert not np.array_equal(alone.frames[0], herd.frames[0])
+
+
+def test_open_shutter_is_the_mean_over_the_exposure_and_labels_its_middle():
+    """A burst frame's shutter open for 3 frames of motion: the mean of 7 renders spread evenly
+    over it, and the label buffer of the frame's own instant; closed, one sharp render."""
+
+    def paint_animals(image, time):
+        x = int(round(20 + 4 * time))  # a one-pixel "leg" moving 4 px per frame
+        image[:, x] += 255.0
+        label = np.zeros(image.shape[:2], np.uint8)
+        label[:, x] = 1
+        return label
+
+    image = np.zeros((4, 64, 3), np.float32)
+    label = domains._expose(image, paint_animals, 5.0, 3.0)
+    ghosts = [int(round(20 + 4 * (5 + s))) for s in np.linspace(-1.5, 1.5, domains.SHUTTER_SAMPLES)]
+    expected = np.zeros(64, np.float32)
+    expected[ghosts] = 255.0 / domains.SHUTTER_SAMPLES
+    np.testing.assert_allclose(image[0, :, 0], expected, rtol=1e-6)
+    assert np.flatnonzero(label[0]).tolist() == [40]
+    sharp = np.zeros((4, 64, 3), np.float32)
+    domains._expose(sharp, paint_animals, 5.0, 0.0)
+    assert np.flatnonzero(sharp[0, :, 0]).tolist() == [40] and sharp[0, 40, 0] == 255.0
+    # in a shot: the same labels as with the shutter closed, other pixels
+    bursts = dataclasses.replace(SOURCE, blur_burst=1.0)
+    closed, open_ = _shot(bursts, frames=3), _shot(dataclasses.replace(bursts, shutter=(3.0, 3.0)), frames=3)
+    assert np.array_equal(closed.coords, open_.coords) and np.array_equal(closed.visibility, open_.visibility)
+    assert not np.array_equal(closed.frames[1], open_.frames[1])
+
+
+def test_rolling_shutter_skew_carries_the_labels_with_the_pixels():
+    """A burst frame's rolling-shutter skew shears the picture about its middle row, and the
+    landmarks go where their pixels went."""
+    image = np.zeros((61, 80, 3), np.float32)
+    image[50, 30] = 255.0
+    warped = domains._frame_effects(image, np.zeros(2), None, skew=0.5)
+    y, x = np.unravel_index(np.argmax(warped[..., 0]), warped.shape[:2])
+    moved = domains._camera_warp(np.array([[30.0, 50.0]]), np.zeros(2), 0.5, 61)[0]
+    assert moved.tolist() == [40.0, 50.0] and (x, y) == (40, 50)  # 20 rows below the middle: 10 px along
+    assert domains._camera_warp(np.array([[10.0, 30.0]]), np.array([2.0, -1.0]), 0.5, 61)[0].tolist() == [12.0, 29.0]
+    bursts = dataclasses.replace(SOURCE, blur_burst=1.0)
+    upright, skewed = _shot(bursts, frames=3), _shot(dataclasses.replace(bursts, skew=(0.4, 0.4)), frames=3)
+    both = (upright.visibility > 0) & (skewed.visibility > 0)
+    lean = 0.4 if skewed.facing_right else -0.4  # along the pan, which follows the animal
+    assert both.any() and np.array_equal(skewed.coords[..., 1][both], upright.coords[..., 1][both])
+    np.testing.assert_allclose(skewed.coords[..., 0][both] - upright.coords[..., 0][both],
+                               lean * (upright.coords[..., 1][both] - 179 / 2), atol=1e-6)

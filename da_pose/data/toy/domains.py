@@ -326,16 +326,19 @@ def target_shot(
     pan_speed = facing * _uniform(rng, pan)  # background scrolls against the heading
     times = _frame_times(rng, style, frames)  # the instant each frame shows (drops skip one)
 
-    def frame_view(f: int, tx: float = 0.0, ty: float = 0.0) -> View:
-        t = times[f] / max(frames - 1, 1)
+    def view_at(time: float, tx: float = 0.0, ty: float = 0.0) -> View:
+        t = time / max(frames - 1, 1)
         return View(
             yaw=view0.yaw + yaw_drift * t,
             elevation=view0.elevation,
             roll=view0.roll + roll_drift * t,
             scale=view0.scale * (1 + zoom_total * t),
-            tx=tx + rel_speed * times[f],
+            tx=tx + rel_speed * time,
             ty=ty,
         )
+
+    def frame_view(f: int, tx: float = 0.0, ty: float = 0.0) -> View:
+        return view_at(times[f], tx, ty)
 
     figures = [body.quadruped(shape, motion.pose(times[f], frames)) for f in range(frames)]
     boxes = np.stack([extent(fig, frame_view(f)) for f, fig in enumerate(figures)])
@@ -358,6 +361,22 @@ def target_shot(
     light = render.light_gradient(rng, height, width, style.light)
     sun = _low_sun(rng, style)
     fx = _video_effects(rng, style, frames, union + np.array([tx, ty, tx, ty]), width, height, motion.gait, facing)
+    mate = _companion(rng, style, phase_speed, union)
+
+    def paint_animals(image: np.ndarray, time: float) -> np.ndarray:
+        """The companion (behind), the shadows and the animal at ``time``; the animal's label."""
+        view = view_at(time, tx, ty)
+        figure = body.quadruped(shape, motion.pose(time, frames))
+        if mate:
+            mview = dataclasses.replace(view_at(time, tx + mate["dx"], ty + mate["dy"]), yaw=view.yaw + mate["turn"],
+                                        scale=view.scale * mate["scale"])
+            mfigure = body.quadruped(mate["shape"], mate["motion"].pose(time, frames))
+            _shadow(image, mfigure, mview, style.shadow)
+            render.draw_figure(image, mfigure, mview, mate["materials"], style.far_shade, style.near_shade)
+        _shadow(image, figure, view, style.shadow)
+        if sun:
+            render.cast_shadow(image, figure, view, *sun)
+        return render.draw_figure(image, figure, view, materials, style.far_shade, style.near_shade)[0]
 
     coords = np.zeros((frames, NUM_LANDMARKS, 2))
     vis = np.zeros((frames, NUM_LANDMARKS))
@@ -375,15 +394,12 @@ def target_shot(
         # sub-pixel pan: blend two neighbouring integer crops of the scene
         image = (1 - frac) * scene[:, x0: x0 + width] + frac * scene[:, x0 + 1: x0 + 1 + width]
         image = np.ascontiguousarray(image, dtype=np.float32)
-        _shadow(image, figure, view, style.shadow)
-        if sun:
-            render.cast_shadow(image, figure, view, *sun)
-        label, _ = render.draw_figure(image, figure, view, materials, style.far_shade, style.near_shade)
+        label = _expose(image, paint_animals, times[f], fx["shutter"][f])
         if occluder:
             paint.draw_occluder(image, label, occluder, dx=-off)
         if fx["passer"]:
             paint.draw_occluder(image, label, fx["passer"], dx=fx["passer_dx"][f])
-        image = _frame_effects(image, fx["shake"][f], fx["kernel"][f])
+        image = _frame_effects(image, fx["shake"][f], fx["kernel"][f], fx["skew"][f])
         images.append(render.finish(image, rng, cam["blur"] * rng.uniform(0.85, 1.15), cam["noise"], cam["gain"], light))
 
         xy, _ = body.project(figure.points[lm], view)
@@ -393,7 +409,7 @@ def target_shot(
         occluded = label[yi, xi] == render.OCCLUDER
         faces = body.facing_visible(figure, view)
         eyes_ok = np.array([faces.get(i, True) for i in lm])
-        xy = xy + fx["shake"][f]  # the whole frame moved with the camera
+        xy = _camera_warp(xy, fx["shake"][f], fx["skew"][f], height)  # the whole frame moved with the camera
         # TigDog stores unlabelled points at 0, so a visible point needs x, y > 0
         ok = render.inside(xy, width, height, margin=1.0) & ~occluded & eyes_ok
         coords[f][ok] = xy[ok]
@@ -417,6 +433,50 @@ def _low_sun(rng: np.random.Generator, style: Style):
         return None
     lean = (float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 1.0)), float(rng.uniform(LEAN_DOWN[0], LEAN_DOWN[1])))
     return lean, float(rng.uniform(OPACITY[0], OPACITY[1]))
+
+
+# sub-frames of an open shutter: odd, so that the middle one is the frame's own instant (the labels')
+SHUTTER_SAMPLES = 7
+
+
+def _expose(image: np.ndarray, paint_animals, time: float, exposure: float) -> np.ndarray:
+    """Paint the animals into ``image`` at ``time``; with ``exposure`` > 0 the shutter stays open
+    for that many frames of motion, centred on ``time``: the picture is the mean of
+    ``SHUTTER_SAMPLES`` renders over it, so the swinging legs smear into ghosts while the body,
+    which moves little, stays nearly sharp. Returns the label buffer at ``time`` itself."""
+    if exposure <= 0:
+        return paint_animals(image, time)
+    background = image.copy()
+    total = np.zeros_like(image)
+    label = None
+    for k, s in enumerate(np.linspace(-0.5, 0.5, SHUTTER_SAMPLES) * exposure):
+        sub = background.copy()
+        lab = paint_animals(sub, time + float(s))
+        if k == SHUTTER_SAMPLES // 2:
+            label = lab
+        total += sub
+    image[...] = total / SHUTTER_SAMPLES
+    return label
+
+
+def _companion(rng: np.random.Generator, style: Style, phase_speed, box: np.ndarray) -> dict | None:
+    """Another animal of the herd walking beside and behind the labelled one, with probability
+    ``style.companions``: its own shape, gait and coat; 75-100 % of the animal's size, 30-75 % of
+    the shot's box width to either side and a little higher (farther back). Never labelled;
+    drawn before the animal, so it hides none of the animal's joints. No draw when the knob is
+    off."""
+    if style.companions <= 0 or rng.random() >= style.companions:
+        return None
+    w, h = box[2] - box[0], box[3] - box[1]
+    return {
+        "shape": sample_shape(rng, style),
+        "motion": sample_motion(rng, style, phase_speed),
+        "materials": quad_materials(rng, style, 512),
+        "scale": float(rng.uniform(0.75, 1.0)),
+        "dx": float(rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.75) * w),
+        "dy": -float(rng.uniform(0.05, 0.25) * h),
+        "turn": float(rng.uniform(-15, 15)),
+    }
 
 
 def _frame_times(rng: np.random.Generator, style: Style, frames: int) -> list[int]:
@@ -446,18 +506,21 @@ def _truncate(rng: np.random.Generator, box: np.ndarray, width: int, height: int
 
 def _video_effects(rng, style: Style, frames: int, box: np.ndarray, width: int, height: int, gait: str,
                    facing: float) -> dict:
-    """Per-frame camera shake (dx, dy), motion-blur kernels (bursts of 2-4 frames, ``burst_length``
-    pixels, longer at the trot) and an occluder passing in front of the animal; nothing is drawn
+    """Per-frame camera shake (dx, dy), motion-blur bursts of 2-4 frames (the camera's: a line
+    kernel of ``burst_length`` pixels, longer at the trot; the subject's: a ``shutter`` open for
+    that many frames of motion) and an occluder passing in front of the animal; nothing is drawn
     for knobs that are off.
 
     Shape:
-        returns shake (F, 2) pixels, kernel: F entries (k, k) float32 or None, passer: occluder
-        commands (or []), passer_dx (F,) their horizontal offset per frame.
+        returns shake (F, 2) pixels, kernel: F entries (k, k) float32 or None, shutter (F,) frames
+        of motion each frame integrates (0: sharp), passer: occluder commands (or []),
+        passer_dx (F,) their horizontal offset per frame.
     """
     shake = np.zeros((frames, 2))
     if style.shake > 0:
         shake = rng.normal(0.0, style.shake, size=(frames, 2))
     kernels = [None] * frames
+    shutter, skew = np.zeros(frames), np.zeros(frames)
     if style.blur_burst > 0:
         f = 0
         while f < frames:
@@ -465,8 +528,12 @@ def _video_effects(rng, style: Style, frames: int, box: np.ndarray, width: int, 
                 n = int(rng.integers(2, 5))
                 length = _uniform(rng, style.burst_length) * (1.3 if gait == "trot" else 1.0)
                 angle = float(rng.uniform(-20, 20))  # along the heading, roughly horizontal
+                exposure = _uniform(rng, style.shutter) if style.shutter[1] > 0 else 0.0
+                lean = facing * _uniform(rng, style.skew) if style.skew[1] > 0 else 0.0
                 for g in range(f, min(f + n, frames)):
-                    kernels[g] = _line_kernel(length * float(rng.uniform(0.7, 1.0)), angle)
+                    kernels[g] = _line_kernel(length * float(rng.uniform(0.7, 1.0)), angle) if length > 0 else None
+                    shutter[g] = exposure
+                    skew[g] = lean
                 f += n
             else:
                 f += 1
@@ -477,7 +544,8 @@ def _video_effects(rng, style: Style, frames: int, box: np.ndarray, width: int, 
         direction = 1.0 if rng.random() < 0.5 else -1.0
         centre = float(rng.uniform(0.3, 0.7)) * max(frames - 1, 1)
         passer_dx = direction * (np.arange(frames) - centre) * (1.2 * width / max(frames, 2))
-    return {"shake": shake, "kernel": kernels, "passer": passer, "passer_dx": passer_dx}
+    return {"shake": shake, "kernel": kernels, "shutter": shutter, "skew": skew, "passer": passer,
+            "passer_dx": passer_dx}
 
 
 def _line_kernel(length: float, angle_deg: float) -> np.ndarray:
@@ -492,10 +560,23 @@ def _line_kernel(length: float, angle_deg: float) -> np.ndarray:
     return kernel / max(float(kernel.sum()), 1e-6)
 
 
-def _frame_effects(image: np.ndarray, shake: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
-    """The whole frame moved by the camera shake, then blurred by a motion-blur kernel."""
-    if np.any(shake):
-        m = np.array([[1.0, 0.0, shake[0]], [0.0, 1.0, shake[1]]])
+def _camera_matrix(shake: np.ndarray, skew: float, height: int) -> np.ndarray:
+    """The frame's 2 x 3 warp: a rolling shutter's skew during a fast pan (rows read later are
+    shifted further along the pan, ``skew`` px per px below the middle row) then the shake."""
+    return np.array([[1.0, skew, shake[0] - skew * (height - 1) / 2], [0.0, 1.0, shake[1]]])
+
+
+def _camera_warp(xy: np.ndarray, shake: np.ndarray, skew: float, height: int) -> np.ndarray:
+    """Image points carried by :func:`_camera_matrix`."""
+    m = _camera_matrix(shake, skew, height)
+    return xy @ m[:, :2].T + m[:, 2]
+
+
+def _frame_effects(image: np.ndarray, shake: np.ndarray, kernel: np.ndarray | None, skew: float = 0.0) -> np.ndarray:
+    """The whole frame moved by the camera (shake, rolling-shutter skew), then blurred by a
+    motion-blur kernel."""
+    if np.any(shake) or skew:
+        m = _camera_matrix(shake, skew, image.shape[0])
         image = cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT)
     if kernel is not None:
