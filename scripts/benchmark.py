@@ -223,9 +223,10 @@ def labelled_entry(table: dict, method: str, labels_init: str = "floor") -> tupl
         after = [floor]
     return name.replace(f"{base}_", f"{base}_l{tag}_", 1), command, config, sets, after
 # The default matrix (docs/shifts.md, "Running the comparison per shift"): chosen to fit 100 minutes
-# on 2 CPU cores. The shifts: three single shifts that pass the calibration rule and model different
-# phenomena (pose and viewpoint; clutter with limb-like distractors; the look, with the long shadows
-# of a low sun), and ``all``. On each: the
+# on 2 CPU cores. The shifts: three single shifts that model different phenomena (pose and
+# viewpoint; clutter, limb-like distractors and the herd; the look, with the long shadows of a low
+# sun), and ``all``. ``occlusion`` and ``video`` meet the calibration rule since session 11 but stay
+# out of the default for time (``--shifts occlusion video`` adds them). On each: the
 # references and the pseudo-label methods; on ``all`` also the CC-SSL ablations. Every other method
 # (WS-CDA, PPLO, CC-SSL-R, RegDA, ...) and every other shift run with ``--matrix full``, or name them.
 DEFAULT_SHIFTS = ("pose", "context", "appearance", "all")

@@ -32,12 +32,21 @@ REPRODUCE = {
                          "--block shift-calibration --by shift --reference oracle`.",
     "shift-benchmark": (
         'Reproduce: `make benchmark` (the default matrix: `pose`, `context`, `appearance`, `all`, 3 seeds) '
-        'in a fresh clone; the calibration rows of `shape` and `occlusion`: `python scripts/benchmark.py '
-        '--matrix calibration --shifts all shape occlusion --jobs 1`; WS-CDA, PPLO and the newer methods on '
-        '`all`: `python scripts/benchmark.py --shifts all --methods wscda wscda_pplo uniframe uda_animal '
-        'scarcenet regda`; then `python '
-        'scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark --by '
-        'shift`.'
+        'in a fresh clone; `occlusion` and `video` with the same methods: `python scripts/benchmark.py '
+        '--shifts occlusion video --methods source_only oracle source_only_ext plain_pl ccssl mean_teacher`; '
+        'the calibration rows of `shape`: `python scripts/benchmark.py --matrix calibration --shifts shape`; '
+        'then `python scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark '
+        '--by shift`.'
+    ),
+    # session 9's run of the block (README until session 11; its store is gone)
+    "shift-benchmark-v2": (
+        'Reproduce (at commit c2c3ee3, before the fourth calibration round): `make benchmark` (the default '
+        'matrix: `pose`, `context`, `appearance`, `all`, 3 seeds) in a fresh clone; the calibration rows of '
+        '`shape` and `occlusion`: `python scripts/benchmark.py --matrix calibration --shifts all shape '
+        'occlusion --jobs 1`; WS-CDA, PPLO and the newer methods on `all`: `python scripts/benchmark.py '
+        '--shifts all --methods wscda wscda_pplo uniframe uda_animal scarcenet regda`; then `python '
+        'scripts/update_readme_results.py --readme docs/history.md --experiment toy-demo-shifts --block '
+        'shift-benchmark-v2 --by shift`.'
     ),
     # the same block before session 9's low sun changed `all` (kept as a record; its store is gone)
     "shift-benchmark-v1": (
@@ -75,7 +84,8 @@ REPRODUCE = {
                           "--experiment toy-demo-shifts --tracking-uri sqlite:///labels-source.db --block "
                           "labels-source-init --by labels`.",
     "calibration-g1": "Reproduce: `python scripts/benchmark.py --matrix calibration --data-seed 1 --seeds 0 --shifts "
-                      "pose context shape appearance all --data data/demo-shifts-g1 --experiment calib-g1`, then `python "
+                      "appearance context pose shape occlusion video all --data data/demo-shifts-g1 --experiment "
+                      "calib-g1`, then `python "
                       "scripts/update_readme_results.py --readme docs/shifts.md --experiment calib-g1 --block "
                       "calibration-g1 --by shift`.",
     "calibration-video": "Reproduce: `python scripts/benchmark.py --matrix calibration --shifts video --experiment "
