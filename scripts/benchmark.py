@@ -146,19 +146,21 @@ def _evaluate_job(name: str, trained: str, runs: Path, experiment: str, root: st
 
 
 def plan(seeds, methods, runs: Path, experiment: str, backbone: str = "hourglass", shifts=None,
-         data: str = "data", labels_init: str = "floor") -> list[Job]:
+         data: str = "data", labels_init: str = "floor", home: str | None = None) -> list[Job]:
     """The jobs of every seed (and shift) in dependency order (pretraining and oracle first).
 
     ``methods``: a list for every shift, or ``{shift: list}``. ``shifts``: None runs on one
     dataset (the shared ``data.root``) with the historical run names; else each shift's runs use
     ``<data>/<shift>`` and carry the shift in their names, except the source-trained models.
-    ``labels_init``: where a method run on labels starts (:func:`labelled_entry`).
+    ``labels_init``: where a method run on labels starts (:func:`labelled_entry`). ``home``: the
+    shift the shared source models were trained on, when they exist already (:func:`trained_home`;
+    default :func:`home_shift`); every other shift gets their evaluation runs.
     """
     _, model_sets, _, _ = BACKBONES[backbone]
     per_shift = {None: list(methods)} if shifts is None else {
         sh: list(methods[sh] if isinstance(methods, dict) else methods) for sh in shifts}
-    home = None if shifts is None else home_shift(list(shifts))
-    if home is not None:  # the shared source models are trained with the home shift's data
+    home = None if shifts is None else home or home_shift(list(shifts))
+    if home in per_shift:  # the shared source models are trained with the home shift's data
         wanted = [m for m in SOURCE_TRAINED if any(m in ms for ms in per_shift.values())]
         per_shift[home] = wanted + [m for m in per_shift[home] if m not in wanted]
     # the shared source models first (their evaluations follow them), then the shifts in the order given
@@ -311,6 +313,22 @@ def finished_runs(experiment: str, tracking_uri: str) -> set[str]:
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                               max_results=10000)
     return {r.info.run_name for r in runs}
+
+
+def trained_home(experiment: str, tracking_uri: str, names: list[str]) -> str | None:
+    """The ``shift`` tag of the first FINISHED run among ``names`` (the seeds' shared source
+    models): the shift whose folder they were trained with. A later call with other shifts must
+    evaluate them on its home shift too, not take their own target test row for it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=10000)
+    tagged = {r.info.run_name: r.data.tags.get("shift") for r in runs}
+    return next((tagged[n] for n in names if tagged.get(n)), None)
 
 
 def tag_runs(jobs: list[Job], experiment: str, tracking_uri: str) -> None:
@@ -659,7 +677,9 @@ def main(argv=None) -> int:
         methods = ["source_only", "oracle"] if args.matrix == "calibration" else list(METHODS)
     else:
         methods = matrix_methods(args.matrix, shifts, args.methods)
-    jobs = plan(args.seeds, methods, runs, experiment, args.backbone, shifts, data, args.labels_init)
+    home = None if shifts is None else trained_home(experiment, args.tracking_uri,
+                                                     [run_name("pretrain", args.backbone, s) for s in args.seeds])
+    jobs = plan(args.seeds, methods, runs, experiment, args.backbone, shifts, data, args.labels_init, home)
     done = finished_runs(experiment, args.tracking_uri)
     if args.dry_run:
         for j in jobs:

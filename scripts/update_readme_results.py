@@ -91,7 +91,8 @@ REPRODUCE = {
     "calibration-video": "Reproduce: `python scripts/benchmark.py --matrix calibration --shifts video --experiment "
                          "calib-video`, then `python scripts/update_readme_results.py --readme docs/shifts.md "
                          "--experiment calib-video --block calibration-video --by shift`.",
-    "study": "Reproduce: for each shift S in pose, context, appearance, all: `da-pose --threads 1 study pseudo-labels "
+    "study": "Reproduce: for each shift S in appearance, context, pose, shape, occlusion, video, all: `da-pose --threads 1 "
+             "study pseudo-labels "
              "--checkpoint runs/toy-demo-shifts/pretrain_hg_s0/last.pt --data \"data/demo-shifts/S#target\" --unit "
              "video --out runs/study/S` (the source model and data of `make benchmark`), then `python "
              "scripts/update_readme_results.py --experiment pseudo-label-study --block study --by study`.",

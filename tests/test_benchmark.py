@@ -132,6 +132,24 @@ def test_shift_plan_pretrains_once_per_seed_and_evaluates_it_on_the_other_shifts
     assert all(position[a] < position[j.name] for j in jobs for a in j.after)
 
 
+def test_shared_source_models_trained_elsewhere_are_evaluated_on_every_shift_asked(bench):
+    """The shared models of an earlier call (home `all`) with other shifts: no pretraining job, and
+    the source-only and control rows of every shift asked are evaluation runs, the home-less first
+    shift included."""
+    shifts = ["occlusion", "video"]
+    methods = {sh: ["source_only", "oracle", "source_only_ext", "plain_pl"] for sh in shifts}
+    jobs = bench.plan([0], methods, Path("runs"), "exp", shifts=shifts, data="data/s", home="all")
+    by_name = {j.name: j for j in jobs}
+    assert "pretrain_hg_s0" not in by_name and "source_only_ext_hg_s0" not in by_name
+    for sh in shifts:
+        for method, trained in (("source_only", "pretrain_hg_s0"), ("source_only_ext", "source_only_ext_hg_s0")):
+            ev = by_name[f"{method}_hg_{sh}_s0"]
+            assert ev.kind == "evaluate" and f"runs/exp/{trained}/last.pt" in ev.argv and ev.after == []
+    assert by_name["plain_pl_hg_occlusion_s0"].after == []  # its source model exists already
+    # without a home given, the first shift is home and trains the shared models
+    assert "pretrain_hg_s0" in {j.name for j in bench.plan([0], methods, Path("runs"), "exp", shifts=shifts)}
+
+
 def test_default_matrix_runs_the_ablations_on_all_only(bench):
     shifts = ["pose", "all"]
     methods = bench.matrix_methods("default", shifts)
@@ -206,6 +224,15 @@ def test_calibration_matrix_runs_per_shift_with_tags(bench, tmp_path, mlflow_tem
         "oracle_hg_shape_s0": ("shape", "oracle", "finetune"),
     }
     assert tags["source_only_hg_shape_s0"]["seed"] == "0"
+    # a later call on another shift: the source model trained on `pose` is evaluated on `video`
+    # too (its own target test row is `pose`'s), and not trained again
+    assert bench.trained_home("cal", uri, ["pretrain_hg_s0"]) == "pose"
+    argv[argv.index("shape")] = "video"
+    argv.remove("pose")
+    assert bench.main(argv + ["--methods", "source_only"]) == 0
+    runs = client.search_runs([exp.experiment_id], "tags.command = 'evaluate'")
+    assert {r.info.run_name: r.data.tags["shift"] for r in runs} == {"source_only_hg_shape_s0": "shape",
+                                                                     "source_only_hg_video_s0": "video"}
     # the second shift's folder took its source from the first: the same files, linked
     a = tmp_path / "data" / "pose" / "synthetic_animal"
     b = tmp_path / "data" / "shape" / "synthetic_animal"
