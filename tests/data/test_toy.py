@@ -113,7 +113,8 @@ def test_unknown_preset_names_the_valid_ones():
 
 @pytest.mark.parametrize(
     "change", [{"source_train": -1}, {"target_frames": 0}, {"target_test_fraction": 1.0}, {"gap": -0.5},
-               {"target": dataclasses.replace(TARGET, background="moon")}],
+               {"target": dataclasses.replace(TARGET, background="moon")},
+               {"shift_target": dataclasses.replace(TARGET, gaits=("gallop",))}],
 )
 def test_bad_preset_is_config_error(change):
     with pytest.raises(ConfigError):

@@ -508,13 +508,14 @@ def _video_effects(rng, style: Style, frames: int, box: np.ndarray, width: int, 
                    facing: float) -> dict:
     """Per-frame camera shake (dx, dy), motion-blur bursts of 2-4 frames (the camera's: a line
     kernel of ``burst_length`` pixels, longer at the trot; the subject's: a ``shutter`` open for
-    that many frames of motion) and an occluder passing in front of the animal; nothing is drawn
-    for knobs that are off.
+    that many frames of motion; the sensor's: a rolling shutter's ``skew`` along the pan) and an
+    occluder passing in front of the animal; nothing is drawn for knobs that are off.
 
     Shape:
         returns shake (F, 2) pixels, kernel: F entries (k, k) float32 or None, shutter (F,) frames
-        of motion each frame integrates (0: sharp), passer: occluder commands (or []),
-        passer_dx (F,) their horizontal offset per frame.
+        of motion each frame integrates (0: sharp), skew (F,) rolling-shutter shear, px along the
+        pan per px below the middle row (0: none), passer: occluder commands (or []), passer_dx
+        (F,) their horizontal offset per frame.
     """
     shake = np.zeros((frames, 2))
     if style.shake > 0:

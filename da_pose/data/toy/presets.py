@@ -390,7 +390,7 @@ def check_preset(p: Preset) -> Preset:
         raise ConfigError(f"preset {p.name!r}: gap {p.gap} must be >= 0")
     if parse_shifts(p.shifts) != tuple(p.shifts):
         raise ConfigError(f"preset {p.name!r}: shifts {p.shifts}, expected {parse_shifts(p.shifts)}")
-    for domain in ("source", "target", "other"):
+    for domain in ("source", "target", "shift_target", "other"):
         style = getattr(p, domain)
         if style.background not in ("simple", "scene", "indoor", "mixed"):
             raise ConfigError(
