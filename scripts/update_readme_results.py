@@ -35,8 +35,9 @@ REPRODUCE = {
         'in a fresh clone; `occlusion` and `video` with the same methods: `python scripts/benchmark.py '
         '--shifts occlusion video --methods source_only oracle source_only_ext plain_pl ccssl mean_teacher`; '
         'the calibration rows of `shape`: `python scripts/benchmark.py --matrix calibration --shifts shape`; '
-        'then `python scripts/update_readme_results.py --experiment toy-demo-shifts --block shift-benchmark '
-        '--by shift`.'
+        'the newer methods on `video`: `python scripts/benchmark.py --shifts video --methods uniframe uda_animal '
+        'scarcenet regda`; then `python scripts/update_readme_results.py --experiment toy-demo-shifts --block '
+        'shift-benchmark --by shift`.'
     ),
     # session 9's run of the block (README until session 11; its store is gone)
     "shift-benchmark-v2": (
