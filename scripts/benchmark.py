@@ -302,33 +302,30 @@ def estimate_minutes(jobs: list[Job], preset: str, n_jobs: int, threads: int, da
     return work / max(n_jobs, 1) / speed + gen * scale / max(n_jobs * threads, 1)
 
 
-def finished_runs(experiment: str, tracking_uri: str) -> set[str]:
-    """Names of the FINISHED runs of the experiment (none when it does not exist yet)."""
+def _finished(experiment: str, tracking_uri: str):
+    """(client, the experiment's FINISHED runs by name); no runs when it does not exist yet."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return set()
+        return client, {}
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                               max_results=10000)
-    return {r.info.run_name for r in runs}
+    return client, {r.info.run_name: r for r in runs}
+
+
+def finished_runs(experiment: str, tracking_uri: str) -> set[str]:
+    """Names of the FINISHED runs of the experiment (none when it does not exist yet)."""
+    return set(_finished(experiment, tracking_uri)[1])
 
 
 def trained_home(experiment: str, tracking_uri: str, names: list[str]) -> str | None:
     """The ``shift`` tag of the first FINISHED run among ``names`` (the seeds' shared source
     models): the shift whose folder they were trained with. A later call with other shifts must
     evaluate them on its home shift too, not take their own target test row for it."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              max_results=10000)
-    tagged = {r.info.run_name: r.data.tags.get("shift") for r in runs}
-    return next((tagged[n] for n in names if tagged.get(n)), None)
+    runs = _finished(experiment, tracking_uri)[1]
+    return next((runs[n].data.tags["shift"] for n in names if n in runs and runs[n].data.tags.get("shift")), None)
 
 
 def tag_runs(jobs: list[Job], experiment: str, tracking_uri: str) -> None:
@@ -337,15 +334,7 @@ def tag_runs(jobs: list[Job], experiment: str, tracking_uri: str) -> None:
     jobs = [j for j in jobs if j.tags]
     if not jobs:
         return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              max_results=10000)
-    by_name = {r.info.run_name: r for r in runs}
+    client, by_name = _finished(experiment, tracking_uri)
     for job in jobs:
         run = by_name.get(job.name)
         if run is not None:
@@ -567,15 +556,11 @@ def calibration_table(experiment: str, tracking_uri: str, backbone: str = "hourg
     """Markdown: per shift, source-only and oracle target-test crop PCK (mean over seeds) and the
     gap, from the experiment's FINISHED runs (the source-only rows of other shifts are the
     ``evaluate`` runs). The calibration rule (docs/shifts.md): gap >= 10 points on every single shift."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    runs = _finished(experiment, tracking_uri)[1]
+    if not runs:
         return "(no runs)"
     cells: dict[tuple[str, str], dict[str, float]] = {}
-    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                  max_results=10000):
+    for run in runs.values():
         tags, value = run.data.tags, _metric(run)
         if value is None or "shift" not in tags or tags.get("method") not in ("source_only", "oracle"):
             continue

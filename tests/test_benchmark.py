@@ -226,7 +226,7 @@ def test_calibration_matrix_runs_per_shift_with_tags(bench, tmp_path, mlflow_tem
     assert tags["source_only_hg_shape_s0"]["seed"] == "0"
     # a later call on another shift: the source model trained on `pose` is evaluated on `video`
     # too (its own target test row is `pose`'s), and not trained again
-    assert bench.trained_home("cal", uri, ["pretrain_hg_s0"]) == "pose"
+    assert bench.trained_home("cal", uri, ["pretrain_hg_s0"]) == "pose" and bench.trained_home("none", uri, ["x"]) is None
     argv[argv.index("shape")] = "video"
     argv.remove("pose")
     assert bench.main(argv + ["--methods", "source_only"]) == 0

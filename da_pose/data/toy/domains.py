@@ -362,11 +362,12 @@ def target_shot(
     sun = _low_sun(rng, style)
     fx = _video_effects(rng, style, frames, union + np.array([tx, ty, tx, ty]), width, height, motion.gait, facing)
     mate = _companion(rng, style, phase_speed, union)
+    posed = {times[f]: fig for f, fig in enumerate(figures)}  # the frames' own instants, built above
 
     def paint_animals(image: np.ndarray, time: float) -> np.ndarray:
         """The companion (behind), the shadows and the animal at ``time``; the animal's label."""
         view = view_at(time, tx, ty)
-        figure = body.quadruped(shape, motion.pose(time, frames))
+        figure = posed.get(time) or body.quadruped(shape, motion.pose(time, frames))
         if mate:
             mview = dataclasses.replace(view_at(time, tx + mate["dx"], ty + mate["dy"]), yaw=view.yaw + mate["turn"],
                                         scale=view.scale * mate["scale"])
