@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+import da_pose.adapt  # noqa: F401  (registers the methods' config sections that the points' configs name)
 from da_pose.config import load_config
 from da_pose.errors import ConfigError, run_script
 

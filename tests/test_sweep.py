@@ -51,6 +51,21 @@ def test_a_bad_grid_key_or_value_is_one_error_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "mlruns.db").exists()
 
 
+def test_a_method_with_its_own_config_section_sweeps_in_a_fresh_interpreter(tmp_path):
+    # regda_hg.yaml has a `regda:` section, registered when the methods are imported; a fresh
+    # process (as a user runs it) must know it before checking the points
+    import subprocess
+    import sys
+
+    config = ROOT / "experiments" / "toy" / "regda_hg.yaml"
+    argv = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(config), "--command", "adapt regda",
+            "--experiment", "s", "--grid", "train.lr=0.0002,0.0005",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--dry-run"]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("adapt regda") == 2 and "train.lr=0.0005" in out.stdout
+
+
 @pytest.mark.slow
 def test_sweep_runs_points_chooses_on_target_val_and_resumes(tiny_benchmark, tmp_path, capsys):
     sweep = load_sweep()
