@@ -254,3 +254,15 @@ def test_every_method_is_paired_with_the_control_per_shift(tmp_path):
     assert headers == ["method", "backbone", "pose"] and [r[0] for r in table] == ["plain_pl"]
     assert table[0][2] == f"{vs['est']:+.1f} [{lo:+.1f}, {hi:+.1f}] (above)"
     assert "**Δ source_only_ext per shift**" in compare_markdown("paired", rows, [], by="shift", unit="image")
+
+
+def test_a_diagnostic_run_is_a_row_of_its_own(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    log_run(uri, "pl0", "plain_pl", 0, 50.0)
+    tr = MlflowTracker(uri, "cmp", "pl0-vis", tags={"method": "plain_pl", "backbone": "hourglass", "seed": "0",
+                                                   "diagnostic": "target_visibility"})
+    tr.log_metrics({"target_test/pck@0.05_crop/mean": 55.0}, step=1)
+    tr.end("FINISHED")
+    rows = jobs.summarize_runs(jobs.collect_runs("cmp", uri)[0])
+    assert {r["method"]: r["mean"]["pck@0.05_crop/mean"] for r in rows} == {
+        "plain_pl": 50.0, "plain_pl [target_visibility]": 55.0}

@@ -309,9 +309,24 @@ def generate_pseudo_labels(model, dataset, records: Sequence[PoseRecord], codec,
         kp, cf, replaced = temporal_refine(records, raw_xy, raw_conf, cfg)
     fraction = keep_fraction(cfg, round_index)
     kept = curriculum_mask(cf, fraction, valid) if cfg.curriculum else (threshold_mask(cf, cfg.fixed_threshold) & valid)
+    if cfg.diagnostic_visible_only:  # the same selection less its labels on joints the target shows not
+        kept &= visible_joints(records, k)
     meta = {"round": round_index, "keep_fraction": fraction if cfg.curriculum else -1.0,
             "temporal_replaced": replaced, "images": int(len(idx))}
     return PseudoLabels(kp.astype(np.float32), cf.astype(np.float32), kept, raw_xy, raw_conf, meta)
+
+
+def visible_joints(records: Sequence[PoseRecord], num_joints: int) -> np.ndarray:
+    """(N, K) bool: the joints the records' labels mark visible. Only the diagnostic switch
+    ``diagnostic_visible_only`` calls it: a method never reads the target labels."""
+    vis = np.zeros((len(records), num_joints), dtype=bool)
+    for i, r in enumerate(records):
+        vis[i] = r.keypoints[:num_joints, 2] > 0
+    return vis
+
+
+def _tags(job: AdaptJob) -> dict[str, str]:
+    return {"diagnostic": "target_visibility"} if job.section.diagnostic_visible_only else {}
 
 
 # ---------------------------------------------------------------------------------- the methods
@@ -332,7 +347,7 @@ def _plan_round(job: AdaptJob, r: int):
 CCSSL = register(Method(
     "ccssl", "CC-SSL rounds (invariance, equivariance, temporal consistency, curriculum)", section="ccssl",
     config=CCSSLConfig, needs=("source", "target"), rounds=lambda c: c.rounds, round_epochs=_round_epochs,
-    plan_round=_plan_round))
+    plan_round=_plan_round, tags=_tags))
 register(variant(CCSSL, "plain_pl", "plain pseudo-label rounds (curriculum only)",
                  fixed={"invariance": False, "equivariance": False, "temporal": False}))
 for _term in ("invariance", "equivariance", "temporal", "curriculum"):

@@ -59,7 +59,9 @@ def collect_runs(experiment: str, tracking_uri: str, prefix: str = "target_test/
         pre = "eval/" if shifted_eval else prefix
         metrics = {metric_name(k)[len(pre):]: v for k, v in run.data.metrics.items() if metric_name(k).startswith(pre)}
         item = {"run_id": run.info.run_id, "name": tags.get("mlflow.runName", run.info.run_name),
-                "method": tags.get("method", "?"), "backbone": tags.get("backbone", "?"),
+                # a diagnostic run (it read target labels a method never reads) is a row of its own
+                "method": tags.get("method", "?") + (f" [{tags['diagnostic']}]" if tags.get("diagnostic") else ""),
+                "backbone": tags.get("backbone", "?"),
                 "seed": tags.get("seed", "?"), "shift": tags.get("shift", ""),
                 # semi-supervised runs (data.target_labels): their labelled subset, a row of its own
                 "labels": tags.get("target_labels", ""), "labels_fraction": tags.get("target_labels_fraction", ""),

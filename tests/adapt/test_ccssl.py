@@ -169,3 +169,28 @@ def test_pseudo_labels_save_load_and_accuracy(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError):
         PseudoLabels.load(path)
+
+
+def test_the_visibility_diagnostic_drops_exactly_the_kept_labels_on_invisible_joints(tiny_benchmark, tmp_path):
+    import dataclasses
+
+    from da_pose.adapt.ccssl import generate_pseudo_labels
+    from da_pose.config import load_config
+    from da_pose.data import loaders
+    from da_pose.models.factory import build_model
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tiny_benchmark, tmp_path) + ["ccssl.num_transforms=1"])
+    codec = loaders.make_codec(cfg)
+    ds = loaders.make_dataset(cfg, loaders.domain_records(cfg, "target", "train"), codec, train=False)
+    visible = np.stack([r.keypoints[:, 2] > 0 for r in ds.records])
+    assert 0 < visible.sum() < visible.size  # the tiny target has hidden joints to drop
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 18)
+    label = dict(dataset=ds, records=ds.records, codec=codec, device=torch.device("cpu"), seed=0, round_index=3,
+                 progress=False)
+    plain = generate_pseudo_labels(model, cfg=cfg.ccssl, **label)
+    diag = generate_pseudo_labels(model, cfg=dataclasses.replace(cfg.ccssl, diagnostic_visible_only=True), **label)
+    assert plain.kept[~visible].any()  # the method keeps some labels on joints the image does not show
+    assert np.array_equal(diag.kept, plain.kept & visible)
+    assert np.array_equal(diag.keypoints, plain.keypoints)  # the labels themselves are the method's
