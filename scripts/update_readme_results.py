@@ -35,9 +35,18 @@ REPRODUCE = {
         'in a fresh clone; `occlusion` and `video` with the same methods: `python scripts/benchmark.py '
         '--shifts occlusion video --methods source_only oracle source_only_ext plain_pl ccssl mean_teacher`; '
         'the calibration rows of `shape`: `python scripts/benchmark.py --matrix calibration --shifts shape`; '
-        'the newer methods on `video`: `python scripts/benchmark.py --shifts video --methods uniframe uda_animal '
-        'scarcenet regda`; then `python scripts/update_readme_results.py --experiment toy-demo-shifts --block '
-        'shift-benchmark --by shift`.'
+        'the newer methods on `video`, then on `occlusion` and `context`, then on `appearance` and `shape`: '
+        '`python scripts/benchmark.py --shifts video --methods uniframe uda_animal scarcenet regda` (and '
+        '`--shifts occlusion context`, `--shifts appearance shape`); then `python scripts/update_readme_results.py '
+        '--experiment toy-demo-shifts --block shift-benchmark --by shift`.'
+    ),
+    "occlusion-diagnosis": (
+        "Reproduce (beside the `toy-demo-shifts` experiment of `make benchmark`): for S in 0 1 2, `da-pose adapt "
+        "plain_pl experiments/toy/plain_pl_hg.yaml --seed S --set name=plain_pl_plain_occlusion_sS --set "
+        "init=runs/toy-demo-shifts/pretrain_hg_sS/last.pt --set data.root=data/demo-shifts/occlusion --set "
+        "experiment=occlusion-diagnosis`, and the same with `--set name=plain_pl_vis_occlusion_sS --set "
+        "ccssl.diagnostic_visible_only=true`; then `python scripts/update_readme_results.py --readme "
+        "docs/results.md --experiment occlusion-diagnosis --block occlusion-diagnosis --by shift`."
     ),
     # session 9's run of the block (README until session 11; its store is gone)
     "shift-benchmark-v2": (
