@@ -129,9 +129,8 @@ class CCSSLConfig:
     flow_max_motion: float = 15.0  # pixels at original resolution
     flow_ratio: float = 0.9
     batch_size: int = 32  # pseudo-labelling batch (images; each with all transforms)
-    # DIAGNOSTIC, never a method setting: it READS the target train labels' visibility and drops
-    # every kept label on a joint they mark invisible (out of frame, hidden); the run is tagged
-    # ``diagnostic: target_visibility`` and ``compare`` shows it as a row of its own
+    # DIAGNOSTIC, never a method: READS the target labels' visibility, drops kept labels on hidden
+    # joints; the run is tagged ``diagnostic: target_visibility`` (a row of its own in compare)
     diagnostic_visible_only: bool = False
 
     def check(self) -> None:
