@@ -126,9 +126,12 @@ def run_point(name: str, point: dict, cmd: list[str], logs: Path | None) -> bool
     return ok
 
 
-def chosen_yaml(base: Path, point: dict, selection: str, header: str) -> str:
-    """The base YAML with the chosen values set and ``settings: target_val``."""
+def chosen_yaml(base: Path, point: dict, selection: str, header: str, name: str | None = None) -> str:
+    """The base YAML with the chosen values set and ``settings: target_val``; ``name`` (the
+    written file's stem) replaces the base's run name, so the file does not run under another's."""
     tree = yaml.safe_load(base.read_text()) or {}
+    if name:
+        tree["name"] = name
     for key, value in {**point, "train.selection": selection}.items():
         node = tree
         *parents, last = key.split(".")
@@ -208,7 +211,8 @@ def main(argv=None) -> int:
                   f"{best_score:.1f}\n# grid: {' '.join(args.grid)}\n# experiment: {args.experiment}\n"
                   + (f"# every point: {' '.join(args.set)}\n" if args.set else ""))
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(chosen_yaml(Path(args.config), best_point, args.selection, header))
+        Path(args.write).write_text(chosen_yaml(Path(args.config), best_point, args.selection, header,
+                                                Path(args.write).stem))
         print(f"wrote {args.write}")
     return 0
 

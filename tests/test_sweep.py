@@ -84,7 +84,7 @@ def test_sweep_runs_points_chooses_on_target_val_and_resumes(tiny_benchmark, tmp
     assert set(scores) == {"sw_p0", "sw_p1"} and all(r.info.status == "FINISHED" for r in runs)
     best = max(("sw_p0", "sw_p1"), key=scores.get)  # a tie goes to the first point in grid order
     chosen = yaml.safe_load((tmp_path / "chosen.yaml").read_text())
-    assert chosen["settings"] == "target_val" and chosen["method"] == "source_only"
+    assert chosen["settings"] == "target_val" and chosen["method"] == "source_only" and chosen["name"] == "chosen"
     assert chosen["train"]["lr"] == {"sw_p0": 0.0001, "sw_p1": 0.003}[best] and chosen["train"]["epochs"] == 1
     text = (tmp_path / "out" / "sweep.md").read_text()
     assert f"{best} (chosen)" in text and "target_test" not in text
