@@ -47,19 +47,20 @@ def test_plan_covers_every_method_and_seed_with_dependencies(bench):
 
 
 def test_plan_for_the_resnet_backbone(bench):
-    jobs = {j.name: j for j in bench.plan([1], ["source_only", "ccssl", "mean_teacher"], Path("runs"), "exp",
-                                         "resnet18")}
-    assert sorted(jobs) == ["ccssl_r18_s1", "mean_teacher_r18_s1", "pretrain_r18_s1"]
-    cc, mt = jobs["ccssl_r18_s1"], jobs["mean_teacher_r18_s1"]
+    jobs = {j.name: j for j in bench.plan([1], ["source_only", "ccssl", "mean_teacher", "wscda"], Path("runs"),
+                                         "exp", "resnet18")}
+    assert sorted(jobs) == ["ccssl_r18_s1", "mean_teacher_r18_s1", "pretrain_r18_s1", "wscda_r18_s1"]
+    cc, mt, ws = jobs["ccssl_r18_s1"], jobs["mean_teacher_r18_s1"], jobs["wscda_r18_s1"]
     assert cc.after == ["pretrain_r18_s1"] and "init=runs/exp/pretrain_r18_s1/last.pt" in cc.argv
     assert "model.backbone=resnet18" in cc.argv and "model.backbone=resnet18" in jobs["pretrain_r18_s1"].argv
     # the scratch learning rate only where a model is trained from scratch
     assert "train.lr=0.001" in jobs["pretrain_r18_s1"].argv and "train.lr=0.001" not in cc.argv
-    # a method with a config of its own for the backbone runs it, without the fallback --set
-    assert f"{bench.TOY}/ccssl_r18.yaml" in cc.argv and "train.lr=0.0002" not in cc.argv
+    # a method with a config of its own for the backbone (chosen on target val) runs it, without the fallback --set
+    for job, method in ((cc, "ccssl"), (mt, "mean_teacher")):
+        assert f"{bench.TOY}/{method}_r18.yaml" in job.argv and "train.lr=0.0002" not in job.argv
     # one without restarts at the rate ResNet pretraining ended at, with a short curriculum (docs/results.md)
-    assert f"{bench.TOY}/mean_teacher_hg.yaml" in mt.argv
-    assert "train.lr=0.0002" in mt.argv and "ccssl.keep_schedule=[0.2,0.2,0.2,0.2]" in mt.argv
+    assert f"{bench.TOY}/wscda_hg.yaml" in ws.argv
+    assert "train.lr=0.0002" in ws.argv and "ccssl.keep_schedule=[0.2,0.2,0.2,0.2]" in ws.argv
     assert "train.lr=0.0002" not in jobs["pretrain_r18_s1"].argv
 
 
