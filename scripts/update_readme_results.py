@@ -82,8 +82,17 @@ REPRODUCE = {
     "r18-all": (
         "Reproduce (a fresh clone, store and data folder): `python scripts/benchmark.py --backbone resnet18 "
         "--shifts all --experiment toy-demo-r18 --methods source_only oracle source_only_ext plain_pl ccssl "
-        "mean_teacher scarcenet uda_animal uniframe regda --tracking-uri sqlite:///mlruns.db`, then `python "
+        "mean_teacher scarcenet uda_animal uniframe regda --tracking-uri sqlite:///mlruns.db` (each method on its "
+        "`experiments/toy/<method>_r18.yaml`, chosen on target val: docs/results.md), then `python "
         "scripts/update_readme_results.py --experiment toy-demo-r18 --block r18-all --by shift`."
+    ),
+    # session 10's run of the block, before session 12's target-val ScarceNet rows (frozen in docs/history.md)
+    "r18-all-v1": (
+        "Reproduce (a fresh clone of 94ebe14, store and data folder): `python scripts/benchmark.py --backbone "
+        "resnet18 --shifts all --experiment toy-demo-r18 --methods source_only oracle source_only_ext plain_pl ccssl "
+        "mean_teacher scarcenet uda_animal uniframe regda --tracking-uri sqlite:///mlruns.db`, then `python "
+        "scripts/update_readme_results.py --readme docs/history.md --experiment toy-demo-r18 --block r18-all-v1 "
+        "--by shift` (before session 12 replaced the ScarceNet rows)."
     ),
     "labels": "Reproduce: `python scripts/benchmark.py --matrix labels --tracking-uri sqlite:///labels.db` (a "
               "fresh clone, data folder and store), then `python scripts/update_readme_results.py --experiment "
