@@ -37,7 +37,9 @@ REPRODUCE = {
         'the calibration rows of `shape`: `python scripts/benchmark.py --matrix calibration --shifts shape`; '
         'the newer methods on `video`, then on `occlusion` and `context`, then on `appearance` and `shape`: '
         '`python scripts/benchmark.py --shifts video --methods uniframe uda_animal scarcenet regda` (and '
-        '`--shifts occlusion context`, `--shifts appearance shape`); then `python scripts/update_readme_results.py '
+        '`--shifts occlusion context`, `--shifts appearance shape`); the other methods on `shape`: `python '
+        'scripts/benchmark.py --shifts shape --methods source_only_ext plain_pl ccssl mean_teacher`; then `python '
+        'scripts/update_readme_results.py '
         '--experiment toy-demo-shifts --block shift-benchmark --by shift`.'
     ),
     "occlusion-diagnosis": (
