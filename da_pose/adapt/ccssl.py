@@ -325,10 +325,6 @@ def visible_joints(records: Sequence[PoseRecord], num_joints: int) -> np.ndarray
     return vis
 
 
-def _tags(job: AdaptJob) -> dict[str, str]:
-    return {"diagnostic": "target_visibility"} if job.section.diagnostic_visible_only else {}
-
-
 # ---------------------------------------------------------------------------------- the methods
 def _round_epochs(job: AdaptJob, r: int) -> int:
     c = job.section
@@ -347,7 +343,7 @@ def _plan_round(job: AdaptJob, r: int):
 CCSSL = register(Method(
     "ccssl", "CC-SSL rounds (invariance, equivariance, temporal consistency, curriculum)", section="ccssl",
     config=CCSSLConfig, needs=("source", "target"), rounds=lambda c: c.rounds, round_epochs=_round_epochs,
-    plan_round=_plan_round, tags=_tags))
+    plan_round=_plan_round))
 register(variant(CCSSL, "plain_pl", "plain pseudo-label rounds (curriculum only)",
                  fixed={"invariance": False, "equivariance": False, "temporal": False}))
 for _term in ("invariance", "equivariance", "temporal", "curriculum"):

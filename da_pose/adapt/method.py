@@ -135,6 +135,12 @@ def register(method: Method) -> Method:
     return method
 
 
+def diagnostic_tags(cfg: Config) -> dict[str, str]:
+    """``diagnostic: target_visibility`` when the run asked the CC-SSL labeller (CC-SSL, plain
+    pseudo-labels, PPLO and UDA-Animal label with it) to read the target labels' visibility."""
+    return {"diagnostic": "target_visibility"} if cfg.ccssl.diagnostic_visible_only else {}
+
+
 def variant(base: Method, name: str, summary: str, **changes) -> Method:
     """A method that is ``base`` under another name, e.g. with some section values fixed."""
     return dataclasses.replace(base, name=name, summary=summary, **changes)
@@ -272,7 +278,8 @@ def run_adaptation(cfg: Config, method: Method | str) -> dict:
         reported = method.reported(job) if method.reported else None
         net = reported_network(job, reported)
         ctx.tracker.set_tags({"selection": cfg.train.selection, "settings": cfg.settings,
-                              "reported_network": reported or "student", **(method.tags(job) if method.tags else {})})
+                              "reported_network": reported or "student", **(method.tags(job) if method.tags else {}),
+                              **diagnostic_tags(cfg)})
         evaluate = job.test.evaluator(job.state.get("criteria"))
         if reported:  # the epoch-end evaluation (and target_val selection) looks at that network
             evaluate = partial(_evaluate_other, evaluate, net)

@@ -194,3 +194,10 @@ def test_the_visibility_diagnostic_drops_exactly_the_kept_labels_on_invisible_jo
     assert plain.kept[~visible].any()  # the method keeps some labels on joints the image does not show
     assert np.array_equal(diag.kept, plain.kept & visible)
     assert np.array_equal(diag.keypoints, plain.keypoints)  # the labels themselves are the method's
+    # any method that labels with CC-SSL's labeller (PPLO, UDA-Animal too) is tagged when asked for it
+    from da_pose.adapt.method import diagnostic_tags
+
+    assert diagnostic_tags(cfg) == {}
+    asked = load_config(None, tiny_overrides(tiny_benchmark, tmp_path) + ["method=wscda_pplo",
+                                                                         "ccssl.diagnostic_visible_only=true"])
+    assert diagnostic_tags(asked) == {"diagnostic": "target_visibility"}
