@@ -84,9 +84,10 @@ REPRODUCE = {
     "r18-all": (
         "Reproduce (a fresh clone, store and data folder): `python scripts/benchmark.py --backbone resnet18 "
         "--shifts all --experiment toy-demo-r18 --methods source_only oracle source_only_ext plain_pl ccssl "
-        "mean_teacher scarcenet uda_animal uniframe regda --tracking-uri sqlite:///mlruns.db` (each method on its "
-        "`experiments/toy/<method>_r18.yaml`, chosen on target val: docs/results.md), then `python "
-        "scripts/update_readme_results.py --experiment toy-demo-r18 --block r18-all --by shift`."
+        "mean_teacher scarcenet uda_animal uniframe regda wscda wscda_pplo --tracking-uri sqlite:///mlruns.db` (each "
+        "method on its `experiments/toy/<method>_r18.yaml`, chosen on target val: docs/results.md; WS-CDA and PPLO, "
+        "which have none, on the fallback), then `python scripts/update_readme_results.py --experiment toy-demo-r18 "
+        "--block r18-all --by shift`."
     ),
     # session 10's run of the block, before session 12's target-val ScarceNet rows (frozen in docs/history.md)
     "r18-all-v1": (
