@@ -41,63 +41,55 @@ def round_files(run_dir: Path) -> list[Path]:
     return files
 
 
-def edge_distance(records: list[PoseRecord]) -> np.ndarray:
-    """(N, K): each joint's distance to the nearest edge of its frame, in crop sides (the PCK
-    normaliser), from the label's position and the image's size."""
+def target_truth(records: list[PoseRecord]) -> dict[str, np.ndarray]:
+    """The target train labels, once for every run and round: ``gt`` (N, K, 3), ``visible`` (N, K),
+    ``norm`` (N,) crop sides (the study's :func:`~da_pose.adapt.study.ground_truth`), and ``edges``
+    (N, K): each joint's distance to the nearest edge of its frame, in crop sides."""
     from PIL import Image
 
-    from da_pose.eval.pck import crop_normalizer
+    from da_pose.adapt.study import ground_truth
 
+    gt, visible, norm = ground_truth(records)
     sizes = {}
-    out = np.zeros((len(records), len(records[0].keypoints)))
-    norm = np.asarray(crop_normalizer([r.side for r in records]), dtype=np.float64)
-    for i, r in enumerate(records):
+    for r in records:
         if r.image_path not in sizes:
             with Image.open(r.image_path) as im:
                 sizes[r.image_path] = im.size
-        w, h = sizes[r.image_path]
-        x, y = r.keypoints[:, 0], r.keypoints[:, 1]
-        out[i] = np.minimum.reduce([x, w - x, y, h - y]) / norm[i]
-    return out
-
-
-def score(keypoints: np.ndarray, records: list[PoseRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K) hits and counted of labels in original pixels against the records' labels."""
-    from da_pose.eval.pck import crop_normalizer, joint_hits
-
-    gt = np.stack([r.keypoints for r in records]).astype(np.float64)
-    return joint_hits(keypoints, gt, gt[..., 2] > 0, crop_normalizer([r.side for r in records]), THRESHOLD)
+    wh = np.array([sizes[r.image_path] for r in records], dtype=np.float64)[:, None, :]  # (N, 1, 2)
+    xy = gt[..., :2]
+    edges = np.minimum(xy, wh - xy).min(-1) / np.asarray(norm, dtype=np.float64)[:, None]
+    return {"gt": gt, "visible": visible, "norm": norm, "edges": edges}
 
 
 def _pct(num, den) -> float:
     return 100.0 * float(num) / float(den) if den else float("nan")
 
 
-def run_rounds(run_dir: Path, records: list[PoseRecord], bands: list[float]) -> dict:
+def run_rounds(run_dir: Path, truth: dict[str, np.ndarray], bands: list[float]) -> dict:
     """One run: per round ``acc_all``, ``acc_kept`` and ``acc_band`` (one per band), and the
     first-to-last ``fixed`` and ``broken`` shares, all in %."""
     from da_pose.adapt.pseudo_labels import PseudoLabels
+    from da_pose.eval.pck import joint_hits
 
-    edges = edge_distance(records)
     limits = [0.0, *bands, np.inf]
-    per_round, hits = [], []
+    n = len(truth["gt"])
+    per_round, hits, counted = [], [], None
     for path in round_files(run_dir):
         labels = PseudoLabels.load(path)
-        if len(labels.keypoints) != len(records):
-            raise DataError(f"{path}: {len(labels.keypoints)} labelled images, but --data has {len(records)} "
+        if len(labels.keypoints) != n:
+            raise DataError(f"{path}: {len(labels.keypoints)} labelled images, but --data has {n} "
                             "target train images (expected the data the run was trained on)")
-        h, counted = score(labels.keypoints, records)
+        h, counted = joint_hits(labels.keypoints, truth["gt"], truth["visible"], truth["norm"], THRESHOLD)
         hits.append(h)
+        bands_mask = [counted & (truth["edges"] >= lo) & (truth["edges"] < hi) for lo, hi in zip(limits, limits[1:])]
         per_round.append({
             "acc_all": _pct((h & counted).sum(), counted.sum()),
             "acc_kept": _pct((h & counted & labels.kept).sum(), (counted & labels.kept).sum()),
-            "acc_band": [_pct((h & m).sum(), m.sum())
-                         for m in (counted & (edges >= lo) & (edges < hi) for lo, hi in zip(limits, limits[1:]))]})
+            "acc_band": [_pct((h & m).sum(), m.sum()) for m in bands_mask]})
     wrong, right = counted & ~hits[0], counted & hits[0]
     return {"rounds": per_round, "fixed": _pct((wrong & hits[-1]).sum(), wrong.sum()),
             "broken": _pct((right & ~hits[-1]).sum(), right.sum()),
-            "band_share": [_pct(((edges >= lo) & (edges < hi) & counted).sum(), counted.sum())
-                           for lo, hi in zip(limits, limits[1:])]}
+            "band_share": [_pct(m.sum(), counted.sum()) for m in bands_mask]}
 
 
 def band_names(bands: list[float]) -> list[str]:
@@ -141,8 +133,8 @@ def main(argv=None) -> int:
         raise DataError(f"--bands {args.bands!r}: expected numbers such as 0.1,0.2,0.4") from None
     if not bands or bands[0] <= 0:
         raise DataError(f"--bands {args.bands!r}: expected positive limits such as 0.1,0.2,0.4")
-    records = parse_data_spec(args.data, split="train")
-    results = [run_rounds(Path(d), records, bands) for d in args.runs]
+    truth = target_truth(parse_data_spec(args.data, split="train"))
+    results = [run_rounds(Path(d), truth, bands) for d in args.runs]
     print(markdown(results, bands, args.label or args.data))
     return 0
 

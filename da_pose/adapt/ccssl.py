@@ -319,10 +319,7 @@ def generate_pseudo_labels(model, dataset, records: Sequence[PoseRecord], codec,
 def visible_joints(records: Sequence[PoseRecord], num_joints: int) -> np.ndarray:
     """(N, K) bool: the joints the records' labels mark visible. Only the diagnostic switch
     ``diagnostic_visible_only`` calls it: a method never reads the target labels."""
-    vis = np.zeros((len(records), num_joints), dtype=bool)
-    for i, r in enumerate(records):
-        vis[i] = r.keypoints[:num_joints, 2] > 0
-    return vis
+    return np.stack([r.keypoints[:num_joints, 2] > 0 for r in records])
 
 
 # ---------------------------------------------------------------------------------- the methods
